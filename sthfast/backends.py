@@ -1,0 +1,67 @@
+"""What this installation can run: optional dependencies and compiled pieces, found once, lazily.
+
+Like PyG's ``typing.py``: every optional piece is probed with a guarded import and reported, never
+required. Tests can monkeypatch :func:`available` to simulate a bare installation.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Found:
+    """One optional piece: whether it can be used, its version, and why not if not."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def _distribution_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def probe(name: str) -> Found:
+    """Probe one optional piece by name: ``triton``, ``faiss``, ``cuda``, ``extension``."""
+    if name == "triton":
+        version = _distribution_version("triton")
+        if importlib.util.find_spec("triton") is None:
+            return Found(name, False, "not installed (pip install triton)")
+        return Found(name, True, f"triton {version}")
+    if name == "faiss":
+        if importlib.util.find_spec("faiss") is None:
+            return Found(name, False, "not installed (pip install 'sthfast[faiss-cpu]' or '[faiss-gpu]')")
+        import faiss  # noqa: PLC0415 (optional, imported only when probed)
+
+        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        build = "GPU" if hasattr(faiss, "StandardGpuResources") else "CPU"
+        return Found(name, True, f"faiss {faiss.__version__} ({build} build, {gpus} GPU(s) visible)")
+    if name == "cuda":
+        import torch  # noqa: PLC0415
+
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            return Found(name, False, f"no CUDA device (torch {torch.__version__} is {built})")
+        return Found(name, True, f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}")
+    if name == "extension":
+        if importlib.util.find_spec("sthfast._C") is None:
+            return Found(name, False, "not built (the C++/CUDA extension is not part of this version yet)")
+        return Found(name, True, "sthfast._C")
+    raise ValueError(f"unknown optional piece {name!r}")
+
+
+OPTIONAL = ("cuda", "triton", "faiss", "extension")
+
+
+def available(name: str) -> bool:
+    return probe(name).ok

@@ -1,0 +1,102 @@
+"""`STHSepNet`: the temporal stream (pooled series through a LoRA-adapted LLM) and the spatial stream
+(adaptive graph + hypergraph MTGNN) fused by a learned gate. See DESIGN.md §2."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import STHSepNetConfig
+from .nn.fusion import FUSION_MODULES
+from .nn.spatial import SpatialStream
+from .nn.temporal import TemporalStream
+
+
+class STHSepNet(nn.Module):
+    """STH-SepNet. ``forward(x)``: ``x[B, T, N]`` or ``x[B, T, N, F]`` (values scaled per node)
+    -> ``[B, pred_len, N]``.
+
+    Args:
+        config: the hyper-parameters.
+        adjacency: ``[N, N]`` weights (numpy or torch), required for ``graph='static'`` and
+            ignored otherwise; row v lists the nodes v reads from.
+    """
+
+    def __init__(self, config: STHSepNetConfig, adjacency: Tensor | np.ndarray | None = None):
+        super().__init__()
+        if not isinstance(config, STHSepNetConfig):
+            raise TypeError(f"config must be an STHSepNetConfig, got {type(config).__name__}")
+        self.config = c = config
+        static = _check_adjacency(adjacency, c.num_nodes) if c.graph == "static" else None
+        self.temporal = TemporalStream(c) if c.uses_llm else None
+        self.spatial = SpatialStream(c, static) if c.uses_spatial else None
+        self.fusion = FUSION_MODULES[c.fusion](c) if c.fusion in FUSION_MODULES else None
+        self.register_buffer("clamp_min", torch.full((c.num_nodes,), -torch.inf))
+        self.register_buffer("clamp_max", torch.full((c.num_nodes,), torch.inf))
+
+    def set_clamp_range(self, low: Tensor | np.ndarray, high: Tensor | np.ndarray) -> None:
+        """Per-node output bounds ``[N]`` (in the model's scaled units), used when ``config.clamp``."""
+        for name, value in (("clamp_min", low), ("clamp_max", high)):
+            value = torch.as_tensor(value, dtype=self.clamp_min.dtype)
+            if value.shape != (self.config.num_nodes,):
+                raise ValueError(f"{name} must have shape [{self.config.num_nodes}], got {list(value.shape)}")
+            getattr(self, name).copy_(value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._check_input(x)                                       # [B, T, N, F]
+        c = self.config
+        if x.shape[0] == 0:
+            return x.new_zeros(0, c.pred_len, c.num_nodes)
+        y_time = y_space = None
+        if self.temporal is not None:
+            y_time = self.temporal(x).unsqueeze(-1).expand(-1, -1, c.num_nodes)  # [B, H, N]
+        if self.spatial is not None:
+            y_space = self.spatial(x)                                   # [B, H, N]
+        if self.fusion is not None:
+            y = self.fusion(y_time, y_space)
+        else:
+            y = y_time if y_space is None else y_space
+        if c.clamp:
+            y = torch.maximum(torch.minimum(y, self.clamp_max), self.clamp_min)
+        return y
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        c = self.config
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+        if x.dim() == 3:
+            x = x.unsqueeze(-1)
+        if x.dim() != 4:
+            raise ValueError(f"input must be [B, T, N] or [B, T, N, F], got shape {list(x.shape)}")
+        _, t, n, f = x.shape
+        if t != c.seq_len:
+            raise ValueError(f"input has T={t} time steps, the model expects seq_len={c.seq_len}")
+        if n != c.num_nodes:
+            raise ValueError(f"input has N={n} nodes, the model expects num_nodes={c.num_nodes}")
+        if f != c.in_features:
+            raise ValueError(f"input has F={f} features, the model expects in_features={c.in_features}")
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or inf: mask or fill missing values before the model")
+        return x
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total, trainable and LoRA parameter counts."""
+        params = list(self.named_parameters())
+        return {"total": sum(p.numel() for _, p in params),
+                "trainable": sum(p.numel() for _, p in params if p.requires_grad),
+                "lora": sum(p.numel() for name, p in params if "lora_" in name)}
+
+
+def _check_adjacency(adjacency, num_nodes: int) -> Tensor:
+    if adjacency is None:
+        raise ValueError("graph='static' needs an adjacency: STHSepNet(config, adjacency=A)")
+    a = torch.as_tensor(np.asarray(adjacency) if not isinstance(adjacency, Tensor) else adjacency)
+    a = a.to(torch.get_default_dtype())
+    if a.shape != (num_nodes, num_nodes):
+        raise ValueError(f"adjacency must be [{num_nodes}, {num_nodes}], got {list(a.shape)}")
+    if not torch.isfinite(a).all() or (a < 0).any():
+        raise ValueError("adjacency must be finite and non-negative")
+    return a

@@ -1,0 +1,168 @@
+"""The spatial stream: MTGNN skeleton (gated dilated inception convolutions, skips, residuals,
+layer norm) whose per-layer spatial mixing is a learned blend of a first-order graph MixProp and
+a hypergraph MixProp over KNN hyperedges of learned node features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ..config import STHSepNetConfig
+
+KERNEL_SET = (2, 3, 6, 7)
+KERNEL_SIZE = max(KERNEL_SET)
+
+
+class DilatedInception(nn.Module):
+    """Four dilated temporal convolutions (kernels 2, 3, 6, 7) cropped to the shortest, concatenated:
+    ``[B, c_in, N, T] -> [B, c_out, N, T - dilation * 6]``."""
+
+    def __init__(self, c_in: int, c_out: int, dilation: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out // len(KERNEL_SET), (1, k), dilation=(1, dilation))
+                                   for k in KERNEL_SET)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [conv(x) for conv in self.convs]
+        length = outs[-1].shape[-1]
+        return torch.cat([o[..., -length:] for o in outs], dim=1)
+
+
+class AdaptiveGraph(nn.Module):
+    """Learned first-order graph: ``M_i = tanh(a Lin_i(E_i))``, top-``k`` per row of
+    ``ReLU(tanh(a (M1 M2^T - M2 M1^T)))``."""
+
+    def __init__(self, num_nodes: int, dim: int, k: int, alpha: float, backend: str):
+        super().__init__()
+        self.emb1, self.emb2 = nn.Embedding(num_nodes, dim), nn.Embedding(num_nodes, dim)
+        self.lin1, self.lin2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.k, self.alpha, self.backend = min(k, num_nodes), alpha, backend
+
+    def forward(self):
+        m1 = torch.tanh(self.alpha * self.lin1(self.emb1.weight))   # [N, d]
+        m2 = torch.tanh(self.alpha * self.lin2(self.emb2.weight))
+        return ops.adaptive_graph(m1, m2, self.k, self.alpha, backend=self.backend)
+
+
+class KNNHypergraph(nn.Module):
+    """Hyperedges = k-nearest-neighbour sets of node features ``Z = tanh(a Lin(E))`` (``[N, d]``), or,
+    for ``dynamic``, ``Z_b = tanh(a (Lin(E) + Lin_x(x_b)))`` from each input window (``[B, N, d]``).
+
+    ``binary`` keeps the authors' 0/1 incidence: then nothing differentiable depends on the
+    embeddings, so they are frozen rather than left as parameters that never train.
+    """
+
+    def __init__(self, config: STHSepNetConfig, window: int):
+        super().__init__()
+        c = config
+        self.mode, self.k, self.alpha = c.hypergraph, c.hyper_k, c.tanh_alpha
+        self.temperature, self.backend = c.hyper_temperature, c.backend
+        self.embedding = nn.Embedding(c.num_nodes, c.node_emb_dim)
+        self.linear = nn.Linear(c.node_emb_dim, c.node_emb_dim)
+        if self.mode == "dynamic":
+            self.window_linear = nn.Linear(c.in_features * window, c.node_emb_dim)
+        if self.mode == "binary":
+            self.requires_grad_(False)
+
+    def node_features(self, x: Tensor) -> Tensor:
+        """``x[B, F, N, T]`` -> ``Z``: ``[N, d]``, or ``[B, N, d]`` when dynamic."""
+        z = self.linear(self.embedding.weight)                        # [N, d]
+        if self.mode == "dynamic":
+            z = z + self.window_linear(x.permute(0, 2, 1, 3).flatten(2))  # [B, N, d]
+        return torch.tanh(self.alpha * z)
+
+    def forward(self, x: Tensor):
+        return ops.knn_hypergraph(self.node_features(x), self.k, binary=self.mode == "binary",
+                                  temperature=self.temperature, backend=self.backend)
+
+
+class SpatialStream(nn.Module):
+    """``x[B, T, N, F]`` -> ``[B, H, N]``.
+
+    ``static_adjacency`` (``[N, N]``, required when ``graph='static'``) is kept as a buffer.
+    """
+
+    def __init__(self, config: STHSepNetConfig, static_adjacency: Tensor | None = None):
+        super().__init__()
+        self.config = c = config
+        de, layers = c.dilation_exponential, c.layers
+        self.receptive_field = self._field(layers)
+        self.window = max(c.seq_len, self.receptive_field)
+        self.graph = None
+        if c.graph == "adaptive":
+            self.graph = AdaptiveGraph(c.num_nodes, c.node_emb_dim, c.subgraph_size, c.tanh_alpha, c.backend)
+        elif c.graph == "static":
+            self.register_buffer("static_adjacency", static_adjacency)
+        self.hypergraph = KNNHypergraph(c, self.window) if c.hypergraph != "none" else None
+        both = c.graph != "none" and c.hypergraph != "none"
+        self.branch_logit = nn.Parameter(torch.zeros(layers)) if both else None
+
+        mix_in = c.conv_channels * (c.gcn_depth + 1)
+        self.start = nn.Conv2d(c.in_features, c.residual_channels, 1)
+        self.skip_in = nn.Conv2d(c.in_features, c.skip_channels, (1, self.window))
+        self.filters, self.gates, self.skips, self.norms = (nn.ModuleList() for _ in range(4))
+        self.graph_out, self.graph_in, self.hyper_mix, self.residual = (nn.ModuleList() for _ in range(4))
+        for j in range(1, layers + 1):
+            length = self.window - self._field(j) + 1                 # time steps after layer j
+            dilation = de ** (j - 1)
+            self.filters.append(DilatedInception(c.residual_channels, c.conv_channels, dilation))
+            self.gates.append(DilatedInception(c.residual_channels, c.conv_channels, dilation))
+            self.skips.append(nn.Conv2d(c.conv_channels, c.skip_channels, (1, length)))
+            if c.graph != "none":
+                self.graph_out.append(nn.Conv2d(mix_in, c.residual_channels, 1))  # MixProp with A
+                self.graph_in.append(nn.Conv2d(mix_in, c.residual_channels, 1))   # MixProp with A^T
+            if c.hypergraph != "none":
+                self.hyper_mix.append(nn.Conv2d(mix_in, c.residual_channels, 1))
+            if c.graph == "none" and c.hypergraph == "none":
+                self.residual.append(nn.Conv2d(c.conv_channels, c.residual_channels, 1))
+            self.norms.append(nn.LayerNorm([c.residual_channels, c.num_nodes, length]))
+        self.skip_out = nn.Conv2d(c.residual_channels, c.skip_channels, (1, self.window - self.receptive_field + 1))
+        self.end1 = nn.Conv2d(c.skip_channels, c.end_channels, 1)
+        self.end2 = nn.Conv2d(c.end_channels, c.pred_len, 1)
+
+    def _field(self, layers: int) -> int:
+        """Receptive field of the first ``layers`` temporal convolution layers."""
+        de = self.config.dilation_exponential
+        if de > 1:
+            return int(1 + (KERNEL_SIZE - 1) * (de ** layers - 1) / (de - 1))
+        return layers * (KERNEL_SIZE - 1) + 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.config
+        inp = x.permute(0, 3, 2, 1)                                    # [B, F, N, T]
+        if inp.shape[-1] < self.window:
+            inp = F.pad(inp, (self.window - inp.shape[-1], 0))
+        graph = self.static_adjacency if c.graph == "static" else (self.graph() if self.graph else None)
+        hypergraph = self.hypergraph(inp) if self.hypergraph is not None else None
+        h = self.start(inp)                                            # [B, C, N, T]
+        skip = self.skip_in(F.dropout(inp, c.dropout, self.training))  # [B, S, N, 1]
+        for i in range(c.layers):
+            residual = h
+            h = torch.tanh(self.filters[i](h)) * torch.sigmoid(self.gates[i](h))
+            h = F.dropout(h, c.dropout, self.training)
+            skip = skip + self.skips[i](h)
+            h = self._mix(i, h, graph, hypergraph) + residual[..., -h.shape[-1]:]
+            h = self.norms[i](h)
+        h = F.relu(self.skip_out(h) + skip)
+        return self.end2(F.relu(self.end1(h))).squeeze(-1)             # [B, H, N]
+
+    def _mix(self, i: int, h: Tensor, graph, hypergraph) -> Tensor:
+        """Layer ``i``'s spatial mixing: ``g * graph + (1 - g) * hypergraph`` with learned ``g``."""
+        c = self.config
+        if graph is None and hypergraph is None:
+            return self.residual[i](h)
+        if graph is not None:
+            graph_branch = (self.graph_out[i](ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha,
+                                                                backend=c.backend))
+                            + self.graph_in[i](ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha,
+                                                                 transpose=True, backend=c.backend)))
+            if hypergraph is None:
+                return graph_branch
+        hyper_branch = self.hyper_mix[i](ops.hypergraph_mixprop(h, hypergraph, c.gcn_depth,
+                                                                c.prop_alpha, backend=c.backend))
+        if graph is None:
+            return hyper_branch
+        g = torch.sigmoid(self.branch_logit[i])
+        return g * graph_branch + (1 - g) * hyper_branch

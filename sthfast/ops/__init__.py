@@ -1,0 +1,113 @@
+"""The op dispatch point: the model calls only these functions; ``backend`` picks the implementation.
+
+Each op has a reference implementation (:mod:`sthfast.reference`). Fast paths register themselves
+with :func:`register` under a backend name; ``backend="auto"`` takes the first registered backend in
+:data:`AUTO_ORDER` that supports the tensors' device, and the reference when none does, so ``auto``
+never fails where the reference works. Structures returned by one backend's constructor op (a graph,
+a hypergraph) are passed back to the same backend's propagation op by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .. import reference
+
+AUTO_ORDER = ("triton", "cuda", "cpp", "faiss", "sparse", "reference")
+BACKEND_NAMES = ("auto",) + AUTO_ORDER
+
+# op name -> backend name -> (implementation, supports(device) -> bool)
+_REGISTRY: dict[str, dict[str, tuple[Callable, Callable[[torch.device], bool]]]] = {}
+
+
+def _anywhere(device: torch.device) -> bool:
+    return True
+
+
+def register(op: str, backend: str, fn: Callable,
+             supports: Callable[[torch.device], bool] = _anywhere) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op`` (``supports`` filters devices)."""
+    if backend not in AUTO_ORDER:
+        raise ValueError(f"backend {backend!r} is not one of {list(AUTO_ORDER)}")
+    _REGISTRY.setdefault(op, {})[backend] = (fn, supports)
+
+
+def resolve(op: str, backend: str, device: torch.device | str) -> str:
+    """The backend that runs ``op`` on ``device`` when asked for ``backend``."""
+    device = torch.device(device)
+    impls = _REGISTRY[op]
+    if backend == "auto":
+        return next(name for name in AUTO_ORDER if name in impls and impls[name][1](device))
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend={backend!r} is not one of {list(BACKEND_NAMES)}")
+    if backend not in impls or not impls[backend][1](device):
+        usable = [name for name in AUTO_ORDER if name in impls and impls[name][1](device)]
+        raise ValueError(f"backend {backend!r} cannot run {op} on {device}; usable here: {usable}")
+    return backend
+
+
+def _impl(op: str, backend: str, device: torch.device) -> Callable:
+    return _REGISTRY[op][resolve(op, backend, device)][0]
+
+
+def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, eps: float = 1e-5,
+               *, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """``x[B, T, N, F]`` -> ``patches[B, F, L, P], mean[B, F], std[B, F]``; see
+    :func:`sthfast.reference.pool_patch`."""
+    return _impl("pool_patch", backend, x.device)(x, patch_len, stride, normalize, eps)
+
+
+def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2", *,
+                   backend: str = "auto") -> Tensor:
+    """``query[..., N, d], key[..., M, d]`` -> indices ``[..., N, k]``, best first, ties to the
+    smaller index; see :func:`sthfast.reference.topk_neighbors`."""
+    return _impl("topk_neighbors", backend, query.device)(query, key, k, metric)
+
+
+def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0, *,
+                   backend: str = "auto"):
+    """Node features ``z[..., N, d]`` -> the merged KNN hypergraph (the reference returns the dense
+    incidence ``[..., N, N]``); see :func:`sthfast.reference.knn_hypergraph`."""
+    return _impl("knn_hypergraph", backend, z.device)(z, k, binary, temperature)
+
+
+def hypergraph_mixprop(x: Tensor, hypergraph, depth: int, beta: float, *,
+                       backend: str = "auto") -> Tensor:
+    """MixProp with ``P = D_v^-1 H D_e^-1 H^T``: ``x[B, C, N, T]`` -> ``[B, C (depth + 1), N, T]``."""
+    return _impl("hypergraph_mixprop", backend, x.device)(x, hypergraph, depth, beta)
+
+
+def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float, *, backend: str = "auto"):
+    """Top-``k``-per-row adaptive graph from ``m1, m2 [N, d]`` (the reference returns dense
+    ``[N, N]``); see :func:`sthfast.reference.adaptive_graph`."""
+    return _impl("adaptive_graph", backend, m1.device)(m1, m2, k, alpha)
+
+
+def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = False, *,
+                  backend: str = "auto") -> Tensor:
+    """MixProp with ``P = D^-1 (A + I)`` (``A^T`` when ``transpose``): ``x[B, C, N, T]`` ->
+    ``[B, C (depth + 1), N, T]``."""
+    return _impl("graph_mixprop", backend, x.device)(x, graph, depth, beta, transpose)
+
+
+def _reference_hypergraph_mixprop(x: Tensor, incidence: Tensor, depth: int, beta: float) -> Tensor:
+    return reference.mixprop(x, lambda h: reference.hypergraph_propagate(h, incidence), depth, beta)
+
+
+def _reference_graph_mixprop(x: Tensor, adjacency: Tensor, depth: int, beta: float,
+                             transpose: bool) -> Tensor:
+    a = adjacency.T if transpose else adjacency
+    return reference.mixprop(x, lambda h: reference.graph_propagate(h, a), depth, beta)
+
+
+for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", reference.topk_neighbors),
+                 ("knn_hypergraph", reference.knn_hypergraph),
+                 ("hypergraph_mixprop", _reference_hypergraph_mixprop),
+                 ("adaptive_graph", reference.adaptive_graph),
+                 ("graph_mixprop", _reference_graph_mixprop)):
+    register(_op, "reference", _fn)
+
+OPS = tuple(_REGISTRY)

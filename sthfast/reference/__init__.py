@@ -1,0 +1,14 @@
+"""Reference ops: plain, dense PyTorch, written for clarity, float64-safe and gradcheck-able.
+
+They are the truth every fast path is tested against, and the runtime fallback of ``backend="auto"``.
+Shapes are documented per function; ``...`` is an optional leading batch dimension.
+"""
+
+from .graph import adaptive_graph, graph_propagate
+from .hypergraph import hypergraph_propagate, knn_hypergraph
+from .mixprop import mixprop
+from .neighbors import topk_neighbors
+from .pool_patch import pool_patch
+
+__all__ = ["adaptive_graph", "graph_propagate", "hypergraph_propagate", "knn_hypergraph", "mixprop",
+           "topk_neighbors", "pool_patch"]

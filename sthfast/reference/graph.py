@@ -1,0 +1,38 @@
+"""The first-order adaptive graph (MTGNN) and its normalised propagation, dense."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .neighbors import topk_neighbors
+
+
+def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float) -> Tensor:
+    """``A = ReLU(tanh(alpha (M1 M2^T - M2 M1^T)))`` keeping the top ``k`` entries of each row.
+
+    Args:
+        m1, m2: ``[N, d]`` node vectors (``tanh(alpha Lin_i(E_i))``).
+        k: entries kept per row (``1 <= k <= N``), chosen by the raw antisymmetric score
+            ``m1_i . m2_j - m2_i . m1_j`` (the inner product of ``[m1_i, -m2_i]`` with
+            ``[m2_j, m1_j]``), ties to the smaller column.
+    Returns:
+        dense ``[N, N]`` adjacency, zero outside the kept entries.
+    """
+    score = m1 @ m2.T - m2 @ m1.T                                   # [N, N]
+    idx = topk_neighbors(torch.cat([m1, -m2], -1), torch.cat([m2, m1], -1), k, metric="ip")  # [N, k]
+    values = torch.relu(torch.tanh(alpha * score.gather(-1, idx)))  # [N, k]
+    return torch.zeros_like(score).scatter(-1, idx, values)
+
+
+def graph_propagate(x: Tensor, adjacency: Tensor) -> Tensor:
+    """``D^-1 (A + I) x`` over the node axis: every node averages itself and its in-row neighbours.
+
+    Args:
+        x: ``[B, C, N, T]``; adjacency: ``[N, N]``, row v lists the weights of the nodes v reads.
+    Returns:
+        ``[B, C, N, T]``.
+    """
+    a = adjacency + torch.eye(adjacency.shape[0], dtype=adjacency.dtype, device=adjacency.device)
+    a = a / a.sum(dim=1, keepdim=True)
+    return torch.einsum("vw,bcwt->bcvt", a, x)

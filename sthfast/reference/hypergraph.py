@@ -1,0 +1,61 @@
+"""The KNN hypergraph over node features and its propagation ``D_v^-1 H D_e^-1 H^T``, dense."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .neighbors import topk_neighbors
+
+
+def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0) -> Tensor:
+    """Incidence of the hypergraph whose hyperedges are the nodes' k-nearest-neighbour sets.
+
+    Hyperedge ``e`` is node ``e`` and its nearest neighbours in ``z`` (squared-L2, ``k`` nodes in
+    all, ties to the smaller index). Membership weights are ``softmax(-|z_v - z_e|^2 / temperature)``
+    over the ``k`` members (differentiable in ``z``), or 1 when ``binary``. Hyperedges with the same
+    node set are merged into the one with the smallest centre index, their weights averaged; the
+    columns of the merged-away copies are zero.
+
+    Args:
+        z: ``[N, d]`` or ``[B, N, d]`` node features.
+    Returns:
+        ``H``: ``[N, N]`` or ``[B, N, N]``; ``H[..., v, e]`` is the weight of node v in hyperedge e.
+    """
+    idx = topk_neighbors(z, z, k, metric="l2")                      # [..., N, k]
+    if binary:
+        weight = torch.ones(idx.shape, dtype=z.dtype, device=z.device)
+    else:
+        members = torch.gather(z.unsqueeze(-3).expand(*idx.shape[:-1], *z.shape[-2:]), -2,
+                               idx.unsqueeze(-1).expand(*idx.shape, z.shape[-1]))  # [..., N, k, d]
+        dist2 = (members - z.unsqueeze(-2)).pow(2).sum(-1)          # [..., N, k]
+        weight = torch.softmax(-dist2 / temperature, dim=-1)
+    member = torch.zeros(*idx.shape[:-1], z.shape[-2], dtype=z.dtype, device=z.device)
+    member = member.scatter(-1, idx, weight)                        # [..., e, v]
+    node_set = idx.sort(dim=-1).values                              # [..., N, k]
+    same = (node_set.unsqueeze(-2) == node_set.unsqueeze(-3)).all(-1)  # [..., e, e']
+    first = same.to(torch.int8).argmax(dim=-1)                      # smallest e' with e's set
+    keep = first == torch.arange(same.shape[-1], device=z.device)   # [..., e]
+    merge = same.to(z.dtype) / same.sum(-1, keepdim=True).to(z.dtype)  # mean over the copies
+    merge = merge * keep.unsqueeze(-1).to(z.dtype)
+    return (merge @ member).transpose(-1, -2)                       # [..., v, e]
+
+
+def hypergraph_propagate(x: Tensor, incidence: Tensor) -> Tensor:
+    """``D_v^-1 H D_e^-1 H^T x``: node -> hyperedge weighted mean, then hyperedge -> node mean.
+
+    Args:
+        x: ``[B, C, N, T]``; incidence: ``[N, M]`` shared, or ``[B, N, M]`` per sample.
+    Returns:
+        ``[B, C, N, T]``. Empty hyperedges and nodes in no hyperedge contribute / receive 0.
+    """
+    per_sample = incidence.dim() == 3
+    deg_e = incidence.sum(-2)                                       # [..., M]
+    deg_v = incidence.sum(-1)                                       # [..., N]
+    inv_e = torch.where(deg_e > 0, 1.0 / deg_e.clamp_min(1e-30), torch.zeros_like(deg_e))
+    inv_v = torch.where(deg_v > 0, 1.0 / deg_v.clamp_min(1e-30), torch.zeros_like(deg_v))
+    if per_sample:
+        edges = torch.einsum("bnm,bcnt->bcmt", incidence, x) * inv_e[:, None, :, None]
+        return torch.einsum("bnm,bcmt->bcnt", incidence, edges) * inv_v[:, None, :, None]
+    edges = torch.einsum("nm,bcnt->bcmt", incidence, x) * inv_e[:, None]
+    return torch.einsum("nm,bcmt->bcnt", incidence, edges) * inv_v[:, None]

@@ -1,0 +1,33 @@
+"""Pool a spatio-temporal batch over its nodes and cut the pooled series into patches."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True,
+               eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean over nodes, optional instance normalisation, replicate-padded patching.
+
+    Args:
+        x: ``[B, T, N, F]`` input window.
+        patch_len, stride: patch length P and stride S; the pooled series is padded at its end
+            with S copies of its last value, giving ``L = (T + S - P) // S + 1`` patches.
+        normalize: z-score each pooled series over time (RevIN-style) before patching.
+        eps: added to the variance.
+
+    Returns:
+        ``patches [B, F, L, P]``, ``mean [B, F]``, ``std [B, F]`` (0 and 1 when not normalising),
+        so that ``pooled = patches_series * std + mean``.
+    """
+    pooled = x.mean(dim=2).transpose(1, 2)                      # [B, F, T]
+    if normalize:
+        mean = pooled.mean(dim=-1)                               # [B, F]
+        std = (pooled.var(dim=-1, unbiased=False) + eps).sqrt()  # [B, F]
+        pooled = (pooled - mean.unsqueeze(-1)) / std.unsqueeze(-1)
+    else:
+        mean = pooled.new_zeros(pooled.shape[:2])
+        std = pooled.new_ones(pooled.shape[:2])
+    padded = torch.cat([pooled, pooled[..., -1:].expand(*pooled.shape[:2], stride)], dim=-1)
+    return padded.unfold(-1, patch_len, stride), mean, std      # [B, F, L, P]
