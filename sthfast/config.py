@@ -158,7 +158,7 @@ class STHSepNetConfig:
     def from_json(cls, text_or_path: str | os.PathLike) -> "STHSepNetConfig":
         """Read a config from JSON text or from a ``.json`` file path."""
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
+        if not text.lstrip().startswith(("{", "[")):
             path = Path(text)
             if not path.is_file():
                 raise ValueError(f"config file not found: {path}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 EMBEDDED = "minilm"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 
 
 def embedded_backbone_path() -> Path:
@@ -109,6 +110,9 @@ def load_backbone(backbone: str, llm_layers: int | None, lora_rank: int, lora_al
         model = AutoModel.from_pretrained(path, config=hf_config, local_files_only=True)
         tokenizer = None
         if need_tokenizer:
+            if not any((path / name).is_file() for name in TOKENIZER_FILES):
+                raise ValueError(f"prompt=True needs a tokenizer, and {path} has none "
+                                 f"(none of {list(TOKENIZER_FILES)})")
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             except (OSError, ValueError) as err:
@@ -125,7 +129,8 @@ def _add_lora(model: nn.Module, rank: int, alpha: float, dropout: float,
     from peft import LoraConfig, get_peft_model  # noqa: PLC0415 (heavy import)
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                        target_modules=target_modules)
+                        target_modules=target_modules,
+                        fan_in_fan_out=model.config.model_type == "gpt2")  # GPT-2 uses Conv1D
     try:
         with warnings.catch_warnings():  # peft calls a transformers API that warns it is renamed
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -1,0 +1,36 @@
+import subprocess
+import sys
+
+import pytest
+
+from sthfast import backends
+from sthfast.cli import main
+
+
+def test_info_reports_backends_and_backbone(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for piece in backends.OPTIONAL:
+        assert piece in out
+    assert "pool_patch             cpu: reference" in out
+    assert "minilm (all-MiniLM-L6-v2) at" in out
+
+
+def test_info_says_what_is_missing(monkeypatch, capsys):
+    monkeypatch.setattr(backends, "probe", lambda name: backends.Found(name, False, f"{name} missing here"))
+    main(["info"])
+    out = capsys.readouterr().out
+    assert "triton                 no   triton missing here" in out
+
+
+def test_info_rejects_bad_node_count(capsys):
+    with pytest.raises(SystemExit):
+        main(["info", "--model", "--num-nodes", "0"])
+    assert "--num-nodes must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_console_script_with_model_counts():
+    out = subprocess.run([sys.executable, "-m", "sthfast.cli", "info", "--model", "--num-nodes", "50"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "default model at N=50" in out and "lora" in out

@@ -1,0 +1,63 @@
+"""The backend switch: ``auto`` falls back to the reference, explicit names are checked."""
+
+import pytest
+import torch
+
+from sthfast import backends, ops, reference
+
+
+def test_auto_resolves_to_reference_on_cpu_for_every_op():
+    assert set(ops.OPS) == {"pool_patch", "topk_neighbors", "knn_hypergraph", "hypergraph_mixprop",
+                            "adaptive_graph", "graph_mixprop"}
+    for op in ops.OPS:
+        assert ops.resolve(op, "auto", "cpu") == "reference"
+        assert ops.resolve(op, "reference", "cpu") == "reference"
+
+
+def test_unknown_and_unusable_backends_are_clear_errors():
+    with pytest.raises(ValueError, match="backend='magic' is not one of"):
+        ops.resolve("pool_patch", "magic", "cpu")
+    with pytest.raises(ValueError, match="backend 'triton' cannot run pool_patch on cpu; usable here: \\['reference'\\]"):
+        ops.resolve("pool_patch", "triton", "cpu")
+    with pytest.raises(ValueError, match="is not one of"):
+        ops.register("pool_patch", "magic", lambda *a: None)
+
+
+def test_auto_prefers_a_registered_fast_path_only_where_it_runs(monkeypatch):
+    monkeypatch.setitem(ops._REGISTRY, "pool_patch", dict(ops._REGISTRY["pool_patch"]))
+    calls = []
+
+    def fast(*args):
+        calls.append(args)
+        return reference.pool_patch(*args)
+
+    ops.register("pool_patch", "sparse", fast, supports=lambda d: d.type == "cpu")
+    ops.register("pool_patch", "triton", fast, supports=lambda d: d.type == "cuda")
+    assert ops.resolve("pool_patch", "auto", "cpu") == "sparse"
+    x = torch.randn(1, 8, 3, 1)
+    ops.pool_patch(x, 4, 2)
+    assert len(calls) == 1
+    torch.testing.assert_close(ops.pool_patch(x, 4, 2, backend="reference")[0], reference.pool_patch(x, 4, 2)[0])
+
+
+def test_dispatched_ops_equal_the_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 4, generator=g)
+    z = torch.randn(6, 5, generator=g)
+    h = ops.knn_hypergraph(z, 3)
+    torch.testing.assert_close(h, reference.knn_hypergraph(z, 3))
+    torch.testing.assert_close(ops.hypergraph_mixprop(x, h, 2, 0.05),
+                               reference.mixprop(x, lambda v: reference.hypergraph_propagate(v, h), 2, 0.05))
+    a = ops.adaptive_graph(z, z.flip(0), 2, 3.0)
+    torch.testing.assert_close(ops.graph_mixprop(x, a, 2, 0.05, transpose=True),
+                               reference.mixprop(x, lambda v: reference.graph_propagate(v, a.T), 2, 0.05))
+    assert torch.equal(ops.topk_neighbors(z, z, 2), reference.topk_neighbors(z, z, 2))
+
+
+def test_probe_reports_every_optional_piece():
+    for name in backends.OPTIONAL:
+        found = backends.probe(name)
+        assert found.name == name and isinstance(found.ok, bool) and found.detail
+    assert backends.probe("cuda").ok == torch.cuda.is_available()
+    with pytest.raises(ValueError, match="unknown optional piece"):
+        backends.probe("quantum")
