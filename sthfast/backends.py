@@ -1,7 +1,7 @@
 """What this installation can run: optional dependencies and compiled pieces, found once, lazily.
 
 Like PyG's ``typing.py``: every optional piece is probed with a guarded import and reported, never
-required. Tests can monkeypatch :func:`available` to simulate a bare installation.
+required.
 """
 
 from __future__ import annotations
@@ -61,7 +61,3 @@ def probe(name: str) -> Found:
 
 
 OPTIONAL = ("cuda", "triton", "faiss", "extension")
-
-
-def available(name: str) -> bool:
-    return probe(name).ok

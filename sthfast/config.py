@@ -81,10 +81,13 @@ class STHSepNetConfig:
     fusion: str = _f("gate", "How the streams are fused: 'gate' (node-wise sigmoid gate, O(N) parameters), 'dense_gate' (the authors' Linear(2N -> N), O(N^2)), 'attention' (per-node attention over the two streams), 'lstm' (per-node LSTM over the horizon), 'spatial_only' (no LLM), 'temporal_only'.", choices=FUSIONS)
     gate_hidden: int = _f(64, "Hidden width of the node-wise gate, attention and LSTM fusions.")
     clamp: bool = _f(False, "Clamp the output to the per-node training min / max (set with STHSepNet.set_clamp_range).")
+    check_inputs: bool = _f(True, "Reject inputs with NaN or inf at every forward (one device-to-host sync per call; switch off in a tuned loop over checked data).")
     backend: str = _f("auto", "Op backend: 'auto' (the best available for the tensors' device) or 'reference' (plain PyTorch).", choices=BACKENDS)
 
     def __post_init__(self) -> None:
-        if self.lora_target_modules is not None:
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
+        elif self.lora_target_modules is not None:
             self.lora_target_modules = list(self.lora_target_modules)
         self.validate()
 
@@ -101,6 +104,12 @@ class STHSepNetConfig:
             _check_int(name, getattr(self, name), minimum=0)
         if self.llm_layers is not None:
             _check_int("llm_layers", self.llm_layers, minimum=1)
+        for f in dataclasses.fields(self):
+            if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
+                raise TypeError(f"{f.name} must be True or False, got {getattr(self, f.name)!r}")
+        modules = self.lora_target_modules
+        if modules is not None and (not modules or not all(isinstance(m, str) and m for m in modules)):
+            raise TypeError(f"lora_target_modules must be None or a list of module names, got {modules!r}")
         for name, lo, hi in (("lora_dropout", 0.0, 1.0), ("dropout", 0.0, 1.0), ("prop_alpha", 0.0, 1.0)):
             _check_float(name, getattr(self, name), lo, hi, hi_open=True)
         for name in ("lora_alpha", "hyper_temperature", "tanh_alpha"):
@@ -232,7 +241,10 @@ _AUTHORS_IGNORED = {
     "train_epochs", "align_epochs", "batch_size", "eval_batch_size", "patience", "learning_rate",
     "des", "loss", "lradj", "pct_start", "use_amp", "percent", "hgat_true", "alpha", "beta", "gamma",
 }
-_AUTHORS_FUSION = {"hyperstgnn": "dense_gate", "gate": "dense_gate", "attention": "attention", "lstm": "lstm"}
+# Their --fusion_gate values: 'adaptive' (their scripts' choice: a sigmoid gate over [y_time; y_space]
+# along the node axis), 'attentiongate', 'lstmgate', and 'hyperstgnn' (the spatial output alone).
+_AUTHORS_FUSION = {"adaptive": "dense_gate", "attentiongate": "attention", "attention": "attention",
+                   "lstmgate": "lstm", "lstm": "lstm", "hyperstgnn": "spatial_only"}
 
 
 def _parse_bool(name: str, value: Any) -> bool:

@@ -43,7 +43,7 @@ def report(model_nodes: int | None = None) -> str:
     if model_nodes is not None:
         from .model import STHSepNet  # noqa: PLC0415
 
-        config = STHSepNetConfig(num_nodes=model_nodes)
+        config = STHSepNetConfig(num_nodes=model_nodes, hyper_k=min(3, model_nodes))
         counts = STHSepNet(config).parameter_counts()
         lines += ["", f"default model at N={model_nodes} (T={config.seq_len} -> {config.pred_len}):"]
         lines += [f"  {key:22s} {value:,}" for key, value in counts.items()]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -27,8 +29,8 @@ class STHSepNet(nn.Module):
         super().__init__()
         if not isinstance(config, STHSepNetConfig):
             raise TypeError(f"config must be an STHSepNetConfig, got {type(config).__name__}")
-        self.config = c = config
-        static = _check_adjacency(adjacency, c.num_nodes) if c.graph == "static" else None
+        self.config = c = copy.deepcopy(config)   # the model's own: later edits to config change nothing
+        static = _check_adjacency(adjacency, c.num_nodes) if c.graph == "static" and c.uses_spatial else None
         self.temporal = TemporalStream(c) if c.uses_llm else None
         self.spatial = SpatialStream(c, static) if c.uses_spatial else None
         self.fusion = FUSION_MODULES[c.fusion](c) if c.fusion in FUSION_MODULES else None
@@ -44,6 +46,8 @@ class STHSepNet(nn.Module):
             getattr(self, name).copy_(value)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x[B, T, N]`` or ``[B, T, N, F]`` -> ``[B, pred_len, N]``. An empty batch (B = 0) gives
+        an empty output that is not attached to the parameters (there is nothing to learn from)."""
         x = self._check_input(x)                                       # [B, T, N, F]
         c = self.config
         if x.shape[0] == 0:
@@ -56,7 +60,7 @@ class STHSepNet(nn.Module):
         if self.fusion is not None:
             y = self.fusion(y_time, y_space)
         else:
-            y = y_time if y_space is None else y_space
+            y = y_time.contiguous() if y_space is None else y_space
         if c.clamp:
             y = torch.maximum(torch.minimum(y, self.clamp_max), self.clamp_min)
         return y
@@ -78,7 +82,7 @@ class STHSepNet(nn.Module):
             raise ValueError(f"input has N={n} nodes, the model expects num_nodes={c.num_nodes}")
         if f != c.in_features:
             raise ValueError(f"input has F={f} features, the model expects in_features={c.in_features}")
-        if not torch.isfinite(x).all():
+        if c.check_inputs and not torch.isfinite(x).all():
             raise ValueError("input contains NaN or inf: mask or fill missing values before the model")
         return x
 

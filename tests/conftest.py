@@ -25,6 +25,22 @@ def _save_tiny(kind: str, path) -> None:
         raise ValueError(kind)
     torch.manual_seed(0)
     tf.AutoModel.from_config(config).save_pretrained(path)
+    if kind == "bert":  # a 100-word vocabulary, so that prompts can be tested without MiniLM
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz.:,;")
+        words += ["dataset", "description", "task", "forecast", "the", "next", "steps", "given",
+                  "previous", "input", "statistics", "sensor", "readings", "of", "a", "network"]
+        words += [str(i) for i in range(100 - len(words))]
+        (path / "vocab.txt").write_text("\n".join(words[:100]) + "\n")
+        tf.BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+
+
+def block_count(module) -> int:
+    """Transformer blocks actually built in a (LoRA-wrapped) backbone: BERT ``layer.i``, GPT-2
+    ``h.i``, LLaMA ``layers.i``."""
+    import re
+
+    pattern = re.compile(r"(?:^|\.)(?:layer|h|layers)\.(\d+)$")
+    return len({m.group(1) for name, _ in module.named_modules() if (m := pattern.search(name))})
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import block_count
 
 from sthfast.nn.backbone import embedded_backbone_path, load_backbone
 
@@ -14,6 +15,7 @@ def load(path, layers=None, rank=4, targets=None):
 def test_tiny_backbones_load_truncate_and_adapt(tiny_backbones, kind):
     bb = load(tiny_backbones[kind], layers=1)
     assert bb.d_llm == 32 and bb.num_layers == 1 and bb.word_embeddings.shape == (100, 32)
+    assert block_count(bb.model) == 1 and block_count(load(tiny_backbones[kind], rank=0).model) == 2
     out = bb.model(inputs_embeds=torch.randn(2, 5, 32)).last_hidden_state
     assert out.shape == (2, 5, 32)
     trainable = [n for n, p in bb.model.named_parameters() if p.requires_grad]
@@ -49,7 +51,33 @@ def test_lora_with_wrong_target_modules_is_a_clear_error(tiny_backbones):
 
 def test_prompt_needs_a_tokenizer(tiny_backbones):
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        load_backbone(tiny_backbones["bert"], None, 0, 1.0, 0.0, None, need_tokenizer=True)
+        load_backbone(tiny_backbones["gpt2"], None, 0, 1.0, 0.0, None, need_tokenizer=True)
+    assert load_backbone(tiny_backbones["bert"], None, 0, 1.0, 0.0, None, need_tokenizer=True).tokenizer
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tiny_backbones, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "renamed"
+    shutil.copytree(tiny_backbones["bert"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = 48          # the saved tensors are 64 wide
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no weights that fit its config"):
+        load(str(folder))
+    config["intermediate_size"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    dropped = next(k for k in tensors if "attention.self.query.weight" in k)
+    save_file({k: v for k, v in tensors.items() if k != dropped}, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match="tensors would be random"):
+        load(str(folder))
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="no weights that fit its config"):
+        load(str(folder))
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ AUTHORS_DEFAULTS = dict(
     enc_in=295, dec_in=295, c_out=295, d_model=16, n_heads=8, e_layers=2, d_layers=1, d_ff=32,
     moving_avg=25, factor=1, dropout=0.1, embed="learned", activation="gelu", output_attention=False,
     patch_len=16, stride=8, prompt_domain=0, llm_model="deepseek2b", llm_dim=1536, node_num=295,
-    fusion_gate="hyperstgnn", num_workers=1, itr=1, train_epochs=50, align_epochs=10, batch_size=32,
+    fusion_gate="adaptive", num_workers=1, itr=1, train_epochs=50, align_epochs=10, batch_size=32,
     eval_batch_size=16, patience=10, learning_rate=0.00005, des="test", loss="MSE", lradj="multstep",
     pct_start=0.2, use_amp=False, llm_layers=6, percent=100, gcn_true=False, hgcn_true=True,
     hgat_true=True, scale_hyperedges=3, alpha=0.1, beta=0.2, gamma=0.5,
@@ -74,10 +74,18 @@ def test_bad_json(bad, message):
     (dict(llm_layers=0), ValueError, "llm_layers=0"),
     (dict(hyper_temperature=0.0), ValueError, "hyper_temperature"),
     (dict(backbone=""), TypeError, "backbone"),
+    (dict(revin="False"), TypeError, "revin must be True or False, got 'False'"),
+    (dict(prompt=1), TypeError, "prompt must be True or False"),
+    (dict(lora_target_modules=[]), TypeError, "lora_target_modules"),
+    (dict(lora_target_modules=["query", 3]), TypeError, "lora_target_modules"),
 ])
 def test_validation(overrides, error, message):
     with pytest.raises(error, match=message):
         STHSepNetConfig(**overrides)
+
+
+def test_a_single_target_module_name_is_a_list_of_one():
+    assert STHSepNetConfig(lora_target_modules="query").lora_target_modules == ["query"]
 
 
 def test_choices_are_the_documented_sets():
@@ -103,6 +111,37 @@ def test_from_authors_args_parses_string_booleans_and_overrides(tmp_path):
         warnings.simplefilter("error")
         c = STHSepNetConfig.from_authors_args(args, fusion="gate", llm_layers=None)
     assert (c.graph, c.hypergraph, c.fusion, c.backbone, c.llm_layers) == ("adaptive", "none", "gate", str(tmp_path), None)
+
+
+@pytest.mark.parametrize("theirs, ours", [("adaptive", "dense_gate"), ("attentiongate", "attention"),
+                                          ("lstmgate", "lstm"), ("hyperstgnn", "spatial_only")])
+def test_from_authors_args_fusion_names(theirs, ours):
+    assert STHSepNetConfig.from_authors_args(dict(node_num=5, fusion_gate=theirs)).fusion == ours
+
+
+def test_from_authors_args_on_their_bert_bike_script():
+    # The arguments of their scripts/BIKE/BERT_Bike.sh (string booleans as a shell passes them).
+    args = dict(task_name="long_term_forecast", is_training="1", root_path="./dataset/Bike/",
+                data_path="inflow.csv", model_id="Bike_48_48", model="pool", data="inflow",
+                features="M", seq_len="48", label_len="48", pred_len="48", factor="3", enc_in="295",
+                dec_in="295", c_out="295", des="Exp", itr="1", d_model="32", d_ff="32",
+                batch_size="32", learning_rate="0.0003", llm_layers="12", train_epochs="30",
+                model_comment="BERT", llm_model="BERT", llm_dim="768", node_num="295",
+                fusion_gate="adaptive", gcn_true="True", hgcn_true="True")
+    with pytest.warns(UserWarning, match="'BERT' is a hub name"):
+        c = STHSepNetConfig.from_authors_args({k: _number(v) for k, v in args.items()}, llm_layers=None)
+    assert (c.num_nodes, c.seq_len, c.pred_len, c.d_model, c.fusion) == (295, 48, 48, 32, "dense_gate")
+    assert (c.graph, c.hypergraph) == ("adaptive", "adaptive")
+
+
+def _number(text):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
 
 def test_from_authors_args_rejects_unknown_names():

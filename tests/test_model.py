@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import block_count
+
 from sthfast import STHSepNet, STHSepNetConfig
 from sthfast.config import FUSIONS, GRAPHS, HYPERGRAPHS
 
@@ -36,7 +38,7 @@ def test_every_graph_and_hypergraph_shape(small_config, graph, hypergraph):
 def test_every_backbone_kind(small_config, tiny_backbones, kind):
     c = small_config(backbone=tiny_backbones[kind], llm_layers=1)
     model = STHSepNet(c)
-    assert model.temporal.num_layers == 1
+    assert model.temporal.num_layers == 1 and block_count(model.temporal.backbone) == 1
     assert model(batch(c)).shape == (3, c.pred_len, c.num_nodes)
 
 
@@ -44,6 +46,13 @@ def test_multifeature_input_and_target(small_config):
     c = small_config(in_features=3, target_feature=2, reprogramming=True)
     x = batch(c)
     assert STHSepNet(c)(x).shape == (3, c.pred_len, c.num_nodes)
+    # the temporal stream reads only the target feature: the others change nothing there
+    temporal = STHSepNet(small_config(in_features=3, target_feature=2, fusion="temporal_only")).eval()
+    x2 = x.clone()
+    x2[..., :2] += 5.0
+    torch.testing.assert_close(temporal(x), temporal(x2))
+    x2[..., 2] += 1.0
+    assert not torch.allclose(temporal(x), temporal(x2))
     c2 = small_config(seq_len=20, pred_len=3, layers=3, dilation_exponential=2)  # T < receptive field
     assert STHSepNet(c2)(batch(c2)).shape == (3, 3, c2.num_nodes)
 
@@ -66,11 +75,12 @@ def test_gradient_reaches_every_trainable_parameter_and_no_frozen_one(small_conf
         assert p.grad is not None, f"no gradient reaches {name}"
         if "lora_A" not in name:
             assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            assert p.grad is None, name
-            assert "lora_" not in name
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and not any("lora_" in n for n in frozen)
     torch.optim.SGD(params.values(), lr=0.1).step()
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), f"frozen {name} changed"
     model.zero_grad()
     model(batch(c, seed=1)).pow(2).mean().backward()
     for name, p in params.items():
@@ -140,7 +150,7 @@ def test_edge_cases_single_node_k_equals_n_and_empty_batch(small_config):
     model = STHSepNet(full)
     assert model(batch(full)).shape == (3, full.pred_len, 5)
     empty = model(torch.zeros(0, full.seq_len, 5))
-    assert empty.shape == (0, full.pred_len, 5)
+    assert empty.shape == (0, full.pred_len, 5) and not empty.requires_grad  # documented: no graph
 
 
 def test_clamp_to_the_training_range(small_config):
@@ -188,6 +198,41 @@ def test_bad_construction(small_config):
 def test_spatial_only_loads_no_backbone(small_config):
     model = STHSepNet(small_config(fusion="spatial_only", backbone="/no/such/folder"))
     assert model.temporal is None
+    assert STHSepNet(small_config(fusion="temporal_only", graph="static")).spatial is None
+
+
+def test_the_model_keeps_its_own_copy_of_the_config(small_config):
+    c = small_config()
+    model = STHSepNet(c)
+    c.gcn_depth = 5
+    assert model.config.gcn_depth == 2 and model(batch(model.config)).shape[0] == 3
+
+
+def test_temporal_only_output_is_a_plain_tensor(small_config):
+    y = STHSepNet(small_config(fusion="temporal_only"))(batch(small_config()))
+    assert y.is_contiguous()
+    y.add_(1.0)
+
+
+def test_prompt_is_tokenised_once_not_in_forward(small_config, monkeypatch):
+    import transformers
+
+    model = STHSepNet(small_config(prompt=True))
+    assert model.temporal.prompt_embeddings.shape == (len(model.temporal.prompt_embeddings), 32)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the tokenizer ran inside forward")
+
+    monkeypatch.setattr(transformers.PreTrainedTokenizerBase, "__call__", refuse)
+    y = model(batch(model.config))
+    y.sum().backward()
+    assert model.temporal.statistics_embedding.weight.grad.abs().sum() > 0
+
+
+def test_input_check_can_be_switched_off(small_config):
+    x = batch(small_config())
+    x[0, 0, 0] = float("nan")
+    assert torch.isnan(STHSepNet(small_config(check_inputs=False))(x)).any()
 
 
 @pytest.mark.slow

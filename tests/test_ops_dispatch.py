@@ -54,6 +54,11 @@ def test_dispatched_ops_equal_the_reference():
     assert torch.equal(ops.topk_neighbors(z, z, 2), reference.topk_neighbors(z, z, 2))
 
 
+def test_every_backend_registers_both_ops_of_a_pair():
+    for constructor, propagation in ops.PAIRS:
+        assert set(ops._REGISTRY[constructor]) == set(ops._REGISTRY[propagation]), (constructor, propagation)
+
+
 def test_probe_reports_every_optional_piece():
     for name in backends.OPTIONAL:
         found = backends.probe(name)

@@ -114,8 +114,21 @@ def test_knn_hypergraph_duplicate_points_are_deterministic():
     z = torch.tensor([[1.0, 1.0]] * 4 + [[3.0, 3.0]], dtype=D)
     h1, h2 = ref.knn_hypergraph(z, 2, binary=True), ref.knn_hypergraph(z.clone(), 2, binary=True)
     assert torch.equal(h1, h2)
-    # every duplicate's 2-NN set is {0, 1} (ties to the smaller index): one hyperedge for the four
-    assert h1[:, 0].tolist() == [1, 1, 0, 0, 0] and h1[:, 1:4].abs().sum() == 0
+    # Each node leads its own hyperedge even among duplicates, then the smallest tied index:
+    # 0 -> {0, 1}, 1 -> {1, 0} (merged into column 0), 2 -> {2, 0}, 3 -> {3, 0}, 4 -> {4, 0}.
+    expected = torch.zeros(5, 5, dtype=D)
+    expected[[0, 1], 0] = 1
+    for e in (2, 3, 4):
+        expected[[0, e], e] = 1
+    assert torch.equal(h1, expected)
+    assert (h1.sum(1) > 0).all()                       # nobody is left out of every hyperedge
+
+
+def test_topk_self_first_puts_each_query_first_despite_ties():
+    points = torch.tensor([[0.0], [0.0], [0.0], [1.0]], dtype=D)
+    assert ref.topk_neighbors(points, points, 2, "l2", self_first=True).tolist() == [[0, 1], [1, 0], [2, 0], [3, 0]]
+    ones = torch.ones(3, 2, dtype=D)
+    assert ref.topk_neighbors(ones, ones, 2, "ip", self_first=True).tolist() == [[0, 1], [1, 0], [2, 0]]
 
 
 # --- propagation ------------------------------------------------------------------------------
@@ -126,6 +139,14 @@ def test_hypergraph_propagate_by_hand():
     e1 = (2 + 4) / 2
     expected = torch.tensor([e0, (0.5 * e0 + e1) / 1.5, e1], dtype=D).view(1, 1, 3, 1)
     torch.testing.assert_close(ref.hypergraph_propagate(x, h), expected)
+
+
+def test_operators_equal_their_propagation():
+    x = torch.randn(2, 3, 5, 4, generator=gen(20), dtype=D)
+    h, a = torch.rand(5, 3, generator=gen(21), dtype=D), torch.rand(5, 5, generator=gen(22), dtype=D)
+    torch.testing.assert_close(ref.apply_operator(x, ref.hypergraph_operator(h)), ref.hypergraph_propagate(x, h))
+    torch.testing.assert_close(ref.apply_operator(x, ref.graph_operator(a)), ref.graph_propagate(x, a))
+    torch.testing.assert_close(ref.graph_operator(a).sum(1), torch.ones(5, dtype=D))
 
 
 def test_hypergraph_propagate_isolated_node_and_per_sample():

@@ -65,7 +65,7 @@ def _quiet_transformers():
     try:
         from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
-        hf_level = hf_logging.get_verbosity()
+        hf_level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers always provides it
@@ -76,7 +76,8 @@ def _quiet_transformers():
         logger.setLevel(level)
         if hf_level is not None:
             hf_logging.set_verbosity(hf_level)
-            hf_logging.enable_progress_bar()
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 def layer_count(hf_config) -> int:
@@ -107,7 +108,14 @@ def load_backbone(backbone: str, llm_layers: int | None, lora_rank: int, lora_al
                              f"{available} layers")
         layers = available if llm_layers is None else llm_layers
         hf_config.num_hidden_layers = layers
-        model = AutoModel.from_pretrained(path, config=hf_config, local_files_only=True)
+        try:
+            model, loading = AutoModel.from_pretrained(path, config=hf_config, local_files_only=True,
+                                                       output_loading_info=True)
+        except (OSError, RuntimeError) as err:  # no weights file, or tensors of the wrong shape
+            raise ValueError(f"backbone folder {path} holds no weights that fit its config ({err})") from None
+        if loading["missing_keys"]:
+            raise ValueError(f"the weights in {path} do not fit its config: {len(loading['missing_keys'])} "
+                             f"tensors would be random, e.g. {sorted(loading['missing_keys'])[:3]}")
         tokenizer = None
         if need_tokenizer:
             if not any((path / name).is_file() for name in TOKENIZER_FILES):

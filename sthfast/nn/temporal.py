@@ -53,11 +53,9 @@ def series_statistics(series: Tensor) -> Tensor:
 
 
 class TemporalStream(nn.Module):
-    """``x[B, T, N, F]`` -> the global trend of the target feature ``[B, H]``.
-
-    Every feature's pooled series is one sequence for the backbone (channel independence, as
-    Time-LLM and the authors do); the target feature's forecast is returned.
-    """
+    """``x[B, T, N, F]`` -> the global trend of the target feature ``[B, H]``: the target feature's
+    node-averaged series is the one sequence the backbone reads (the other features inform the
+    spatial stream only)."""
 
     def __init__(self, config: STHSepNetConfig, backbone: Backbone | None = None):
         super().__init__()
@@ -66,7 +64,7 @@ class TemporalStream(nn.Module):
                                        c.lora_dropout, c.lora_target_modules, need_tokenizer=c.prompt)
         if c.d_ff > bb.d_llm:
             raise ValueError(f"d_ff={c.d_ff} exceeds the backbone width d_llm={bb.d_llm}")
-        self.backbone, self.d_llm, self.backbone_path = bb.model, bb.d_llm, bb.path
+        self.backbone, self.d_llm = bb.model, bb.d_llm
         self.num_layers = bb.num_layers
         if c.reprogramming:
             self.patch_embedding = nn.Linear(c.patch_len, c.d_model)
@@ -103,21 +101,21 @@ class TemporalStream(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.config
-        patches, mean, std = ops.pool_patch(x, c.patch_len, c.stride, normalize=c.revin,
-                                            backend=c.backend)        # [B, F, L, P], [B, F]
-        b, f, num_patches, _ = patches.shape
-        tokens = self.patch_embedding(patches.reshape(b * f, num_patches, -1))
+        target = x[..., c.target_feature:c.target_feature + 1]            # [B, T, N, 1]
+        patches, mean, std = ops.pool_patch(target, c.patch_len, c.stride, normalize=c.revin,
+                                            backend=c.backend)        # [B, 1, L, P], [B, 1]
+        b, num_patches = patches.shape[0], patches.shape[2]
+        tokens = self.patch_embedding(patches[:, 0])                  # [B, L, d]
         if c.reprogramming:
-            tokens = self.reprogramming(tokens, self.prototypes())    # [BF, L, d_llm]
+            tokens = self.reprogramming(tokens, self.prototypes())    # [B, L, d_llm]
         tokens = self.embedding_dropout(tokens)
         if c.prompt:
-            pooled = x.mean(dim=2).transpose(1, 2)                     # [B, F, T]
-            series = ((pooled - mean.unsqueeze(-1)) / std.unsqueeze(-1)).reshape(b * f, -1)
-            stats = self.statistics_embedding(series_statistics(series)).unsqueeze(1)  # [BF, 1, d]
-            prompt = self.prompt_embeddings.to(tokens.dtype).expand(b * f, -1, -1)
+            # statistics of the normalised pooled series: the pooling is repeated here, outside
+            # the pool_patch op, only when the (optional) prompt is on
+            series = (target.mean(dim=(2, 3)) - mean) / std                     # [B, T]
+            stats = self.statistics_embedding(series_statistics(series)).unsqueeze(1)  # [B, 1, d]
+            prompt = self.prompt_embeddings.to(tokens.dtype).expand(b, -1, -1)
             tokens = torch.cat([prompt, stats, tokens], dim=1)
-        hidden = self.backbone(inputs_embeds=tokens).last_hidden_state    # [BF, *, d_llm]
-        hidden = hidden[:, -num_patches:, : c.d_ff].transpose(1, 2)       # [BF, d_ff, L]
-        y = self.head(hidden).view(b, f, c.pred_len)                       # [B, F, H]
-        y = y * std.unsqueeze(-1) + mean.unsqueeze(-1)
-        return y[:, c.target_feature]                                      # [B, H]
+        hidden = self.backbone(inputs_embeds=tokens).last_hidden_state    # [B, *, d_llm]
+        hidden = hidden[:, -num_patches:, : c.d_ff].transpose(1, 2)       # [B, d_ff, L]
+        return self.head(hidden) * std + mean                              # [B, H]

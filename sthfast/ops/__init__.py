@@ -3,8 +3,12 @@
 Each op has a reference implementation (:mod:`sthfast.reference`). Fast paths register themselves
 with :func:`register` under a backend name; ``backend="auto"`` takes the first registered backend in
 :data:`AUTO_ORDER` that supports the tensors' device, and the reference when none does, so ``auto``
-never fails where the reference works. Structures returned by one backend's constructor op (a graph,
-a hypergraph) are passed back to the same backend's propagation op by the caller.
+never fails where the reference works.
+
+Constructor ops (``knn_hypergraph``, ``adaptive_graph``) return a structure that only the same
+backend's propagation op (``hypergraph_mixprop``, ``graph_mixprop``) understands, and ``auto``
+resolves each op on its own: so a backend registers both ops of a pair or neither (see
+:data:`PAIRS`; a test checks every registered backend).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import Tensor
 from .. import reference
 
 AUTO_ORDER = ("triton", "cuda", "cpp", "faiss", "sparse", "reference")
+PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"))
 BACKEND_NAMES = ("auto",) + AUTO_ORDER
 
 # op name -> backend name -> (implementation, supports(device) -> bool)
@@ -94,13 +99,14 @@ def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = F
 
 
 def _reference_hypergraph_mixprop(x: Tensor, incidence: Tensor, depth: int, beta: float) -> Tensor:
-    return reference.mixprop(x, lambda h: reference.hypergraph_propagate(h, incidence), depth, beta)
+    operator = reference.hypergraph_operator(incidence)            # once per call, not per step
+    return reference.mixprop(x, lambda h: reference.apply_operator(h, operator), depth, beta)
 
 
 def _reference_graph_mixprop(x: Tensor, adjacency: Tensor, depth: int, beta: float,
                              transpose: bool) -> Tensor:
-    a = adjacency.T if transpose else adjacency
-    return reference.mixprop(x, lambda h: reference.graph_propagate(h, a), depth, beta)
+    operator = reference.graph_operator(adjacency.T if transpose else adjacency)
+    return reference.mixprop(x, lambda h: reference.apply_operator(h, operator), depth, beta)
 
 
 for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", reference.topk_neighbors),

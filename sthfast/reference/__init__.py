@@ -4,11 +4,12 @@ They are the truth every fast path is tested against, and the runtime fallback o
 Shapes are documented per function; ``...`` is an optional leading batch dimension.
 """
 
-from .graph import adaptive_graph, graph_propagate
-from .hypergraph import hypergraph_propagate, knn_hypergraph
+from .graph import adaptive_graph, graph_operator, graph_propagate
+from .hypergraph import apply_operator, hypergraph_operator, hypergraph_propagate, knn_hypergraph
 from .mixprop import mixprop
 from .neighbors import topk_neighbors
 from .pool_patch import pool_patch
 
-__all__ = ["adaptive_graph", "graph_propagate", "hypergraph_propagate", "knn_hypergraph", "mixprop",
-           "topk_neighbors", "pool_patch"]
+__all__ = ["adaptive_graph", "apply_operator", "graph_operator", "graph_propagate",
+           "hypergraph_operator", "hypergraph_propagate", "knn_hypergraph", "mixprop", "topk_neighbors",
+           "pool_patch"]

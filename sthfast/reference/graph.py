@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .hypergraph import apply_operator
 from .neighbors import topk_neighbors
 
 
@@ -25,6 +26,12 @@ def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float) -> Tensor:
     return torch.zeros_like(score).scatter(-1, idx, values)
 
 
+def graph_operator(adjacency: Tensor) -> Tensor:
+    """The row-normalised propagation matrix ``D^-1 (A + I)`` (``[N, N]``)."""
+    a = adjacency + torch.eye(adjacency.shape[0], dtype=adjacency.dtype, device=adjacency.device)
+    return a / a.sum(dim=1, keepdim=True)
+
+
 def graph_propagate(x: Tensor, adjacency: Tensor) -> Tensor:
     """``D^-1 (A + I) x`` over the node axis: every node averages itself and its in-row neighbours.
 
@@ -33,6 +40,4 @@ def graph_propagate(x: Tensor, adjacency: Tensor) -> Tensor:
     Returns:
         ``[B, C, N, T]``.
     """
-    a = adjacency + torch.eye(adjacency.shape[0], dtype=adjacency.dtype, device=adjacency.device)
-    a = a / a.sum(dim=1, keepdim=True)
-    return torch.einsum("vw,bcwt->bcvt", a, x)
+    return apply_operator(x, graph_operator(adjacency))

@@ -11,8 +11,8 @@ from .neighbors import topk_neighbors
 def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0) -> Tensor:
     """Incidence of the hypergraph whose hyperedges are the nodes' k-nearest-neighbour sets.
 
-    Hyperedge ``e`` is node ``e`` and its nearest neighbours in ``z`` (squared-L2, ``k`` nodes in
-    all, ties to the smaller index). Membership weights are ``softmax(-|z_v - z_e|^2 / temperature)``
+    Hyperedge ``e`` is node ``e`` and its ``k - 1`` nearest other nodes in ``z`` (Euclidean, ties
+    to the smaller index; ``e`` itself always belongs, even among duplicate points). Membership weights are ``softmax(-|z_v - z_e|^2 / temperature)``
     over the ``k`` members (differentiable in ``z``), or 1 when ``binary``. Hyperedges with the same
     node set are merged into the one with the smallest centre index, their weights averaged; the
     columns of the merged-away copies are zero.
@@ -22,7 +22,7 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
     Returns:
         ``H``: ``[N, N]`` or ``[B, N, N]``; ``H[..., v, e]`` is the weight of node v in hyperedge e.
     """
-    idx = topk_neighbors(z, z, k, metric="l2")                      # [..., N, k]
+    idx = topk_neighbors(z, z, k, metric="l2", self_first=True)     # [..., N, k]
     if binary:
         weight = torch.ones(idx.shape, dtype=z.dtype, device=z.device)
     else:
@@ -41,6 +41,16 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
     return (merge @ member).transpose(-1, -2)                       # [..., v, e]
 
 
+def hypergraph_operator(incidence: Tensor) -> Tensor:
+    """The dense propagation matrix ``P = D_v^-1 H D_e^-1 H^T``: ``[..., N, M] -> [..., N, N]``.
+    Empty hyperedges contribute nothing; a node in no hyperedge gets a zero row."""
+    deg_e = incidence.sum(-2)                                       # [..., M]
+    deg_v = incidence.sum(-1)                                       # [..., N]
+    inv_e = torch.where(deg_e > 0, 1.0 / deg_e.clamp_min(1e-30), torch.zeros_like(deg_e))
+    inv_v = torch.where(deg_v > 0, 1.0 / deg_v.clamp_min(1e-30), torch.zeros_like(deg_v))
+    return (incidence * inv_v.unsqueeze(-1) * inv_e.unsqueeze(-2)) @ incidence.transpose(-1, -2)
+
+
 def hypergraph_propagate(x: Tensor, incidence: Tensor) -> Tensor:
     """``D_v^-1 H D_e^-1 H^T x``: node -> hyperedge weighted mean, then hyperedge -> node mean.
 
@@ -49,13 +59,11 @@ def hypergraph_propagate(x: Tensor, incidence: Tensor) -> Tensor:
     Returns:
         ``[B, C, N, T]``. Empty hyperedges and nodes in no hyperedge contribute / receive 0.
     """
-    per_sample = incidence.dim() == 3
-    deg_e = incidence.sum(-2)                                       # [..., M]
-    deg_v = incidence.sum(-1)                                       # [..., N]
-    inv_e = torch.where(deg_e > 0, 1.0 / deg_e.clamp_min(1e-30), torch.zeros_like(deg_e))
-    inv_v = torch.where(deg_v > 0, 1.0 / deg_v.clamp_min(1e-30), torch.zeros_like(deg_v))
-    if per_sample:
-        edges = torch.einsum("bnm,bcnt->bcmt", incidence, x) * inv_e[:, None, :, None]
-        return torch.einsum("bnm,bcmt->bcnt", incidence, edges) * inv_v[:, None, :, None]
-    edges = torch.einsum("nm,bcnt->bcmt", incidence, x) * inv_e[:, None]
-    return torch.einsum("nm,bcmt->bcnt", incidence, edges) * inv_v[:, None]
+    return apply_operator(x, hypergraph_operator(incidence))
+
+
+def apply_operator(x: Tensor, operator: Tensor) -> Tensor:
+    """``(P x)[b, c, v, t] = sum_w P[(b,) v, w] x[b, c, w, t]`` for ``P [N, N]`` or ``[B, N, N]``."""
+    if operator.dim() == 3:
+        return torch.einsum("bvw,bcwt->bcvt", operator, x)
+    return torch.einsum("vw,bcwt->bcvt", operator, x)

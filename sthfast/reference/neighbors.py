@@ -8,7 +8,8 @@ from torch import Tensor
 METRICS = ("l2", "ip")
 
 
-def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2") -> Tensor:
+def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
+                   self_first: bool = False) -> Tensor:
     """Indices of the ``k`` best keys for every query.
 
     Args:
@@ -16,6 +17,8 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2") -> Te
         k: neighbours per query, ``1 <= k <= M``.
         metric: ``"l2"`` (smallest Euclidean distance first) or ``"ip"`` (largest inner
             product first).
+        self_first: query i is key i (``N == M``, one point set): every query lists itself first,
+            even when other keys tie with it (duplicate points), then its ``k - 1`` best others.
 
     Returns:
         ``[..., N, k]`` int64, best first. Equal scores go to the smaller key index
@@ -32,5 +35,8 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2") -> Te
         descending = True
     else:
         raise ValueError(f"metric={metric!r} is not one of {list(METRICS)}")
+    if self_first:
+        score = score.detach().clone()
+        score.diagonal(dim1=-2, dim2=-1).fill_(-torch.inf if not descending else torch.inf)
     order = torch.sort(score.detach(), dim=-1, descending=descending, stable=True).indices
     return order[..., :k]
