@@ -1,4 +1,4 @@
-"""Data shipped with the package: LOS-LOOP, one week of METR-LA (207 freeway loop detectors,
+"""The dataset shipped with the package: LOS-LOOP, one week of METR-LA (207 freeway loop detectors,
 5-minute speed in mph, with its road graph). Provenance and licence: ``PROVENANCE.md`` here."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ EMBEDDED_NAME = "los_loop.npz"
 def embedded_path() -> Path:
     """Path of the embedded LOS-LOOP ``.npz`` (``data [2016, 207]``, ``adj [207, 207]``,
     ``timestamps [2016]``, ``sensor_ids [207]``)."""
-    return Path(str(resources.files(__name__).joinpath(EMBEDDED_NAME)))
+    return Path(str(resources.files(__package__).joinpath(EMBEDDED_NAME)))
 
 
 def load_embedded() -> dict[str, np.ndarray]:

@@ -1,0 +1,10 @@
+"""Data: readers for the formats users have, the embedded LOS-LOOP dataset, and the protocol's
+chronological splits, per-node scaler and lazy sliding windows."""
+
+from .adjacency import load_adjacency
+from .embedded import embedded_path, load_embedded
+from .formats import DataError, SensorSeries, load_series
+from .windows import Scaler, SplitData, WindowDataset, prepare
+
+__all__ = ["DataError", "Scaler", "SensorSeries", "SplitData", "WindowDataset", "embedded_path",
+           "load_adjacency", "load_embedded", "load_series", "prepare"]

@@ -1,0 +1,235 @@
+"""Readers for sensor time series: ``.npz``, DCRNN-style pandas ``.h5``, ``.csv``.
+
+Every reader returns a :class:`SensorSeries` with missing values as NaN, and every failure is one
+:class:`DataError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .embedded import embedded_path
+
+EMBEDDED = "embedded"
+TIME_HEADERS = ("time", "date", "datetime", "timestamp", "timestamps")
+
+
+class DataError(ValueError):
+    """A data file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class SensorSeries:
+    """A network's series: ``values [T, N, F]`` float32 (NaN = missing), optional
+    ``timestamps [T]`` (datetime64[s]), ``adjacency [N, N]``, ``node_ids [N]``."""
+
+    values: np.ndarray
+    source: str
+    timestamps: np.ndarray | None = None
+    adjacency: np.ndarray | None = None
+    node_ids: np.ndarray | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_nodes(self) -> int:
+        return self.values.shape[1]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the values (NaN-aware) and shape: identifies the data a checkpoint saw."""
+        digest = hashlib.sha256(str(self.values.shape).encode())
+        digest.update(np.ascontiguousarray(self.values).tobytes())
+        return digest.hexdigest()
+
+
+def load_series(path: str | Path, *, key: str | None = None, features: list[int] | None = None,
+                zeros_missing: bool = False) -> SensorSeries:
+    """Read a series file.
+
+    Args:
+        path: ``"embedded"`` (LOS-LOOP), or a ``.npz`` (array ``data`` ``[T, N]`` / ``[T, N, F]``,
+            optional ``adj`` and ``timestamps``; ``PEMS0x.npz`` flow tensors included), a DCRNN
+            ``.h5`` / ``.hdf5`` pandas frame (``metr-la.h5``, ``pems-bay.h5``), or a ``.csv`` (one row
+            per step, one column per node, an optional time column).
+        key: the array (npz) or group (h5) to read instead of the default.
+        features: feature channels to keep; default all, except ``PEMS0x.npz`` files whose 3
+            channels (flow, occupancy, speed) default to flow only.
+        zeros_missing: treat exact zeros as missing readings (METR-LA and PEMS-BAY mark gaps so).
+    """
+    name = str(path)
+    if name == EMBEDDED:
+        series = _read_npz(embedded_path(), key=None)
+        series.source = EMBEDDED
+    else:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise DataError(f"{file}: file not found")
+        suffix = file.suffix.lower()
+        readers = {".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5, ".csv": _read_csv}
+        if suffix not in readers:
+            raise DataError(f"{file}: unknown format {suffix!r}; expected one of {sorted(readers)}")
+        series = readers[suffix](file, key=key)
+    values = series.values
+    if features is None and re.fullmatch(r"pems0\d", Path(name).stem.lower()) and values.shape[2] == 3:
+        features = [0]
+    if features is not None:
+        bad = [f for f in features if not 0 <= f < values.shape[2]]
+        if bad or not features:
+            raise DataError(f"{series.source}: features {features} not in 0..{values.shape[2] - 1}")
+        values = values[:, :, features]
+    values = values.astype(np.float32, copy=True)
+    if zeros_missing:
+        values[values == 0] = np.nan
+    series.values = values
+    _check_series(series)
+    return series
+
+
+def _check_series(series: SensorSeries) -> None:
+    v = series.values
+    if np.isinf(v).any():
+        raise DataError(f"{series.source}: contains inf values")
+    dead = np.flatnonzero(np.isnan(v).all(axis=(0, 2)))
+    if dead.size:
+        raise DataError(f"{series.source}: node(s) {dead[:10].tolist()} have no valid reading at all")
+    if series.timestamps is not None and len(series.timestamps) != v.shape[0]:
+        raise DataError(f"{series.source}: {len(series.timestamps)} timestamps for {v.shape[0]} steps")
+    if series.adjacency is not None and series.adjacency.shape != (v.shape[1],) * 2:
+        raise DataError(f"{series.source}: adjacency is {list(series.adjacency.shape)} but the data "
+                        f"has N={v.shape[1]} nodes")
+
+
+def _as_tnf(values: np.ndarray, source: str) -> np.ndarray:
+    if values.ndim == 2:
+        values = values[:, :, None]
+    if values.ndim != 3:
+        raise DataError(f"{source}: data must be [T, N] or [T, N, F], got shape {list(values.shape)}")
+    if not np.issubdtype(values.dtype, np.number):
+        raise DataError(f"{source}: data must be numeric, got dtype {values.dtype}")
+    if min(values.shape) == 0:
+        raise DataError(f"{source}: data is empty, shape {list(values.shape)}")
+    return values
+
+
+def _parse_times(raw: np.ndarray, source: str) -> np.ndarray:
+    try:
+        return np.asarray(raw).astype("datetime64[s]")
+    except (ValueError, TypeError) as err:
+        raise DataError(f"{source}: timestamps are not ISO date-times ({err})") from None
+
+
+def _read_npz(file: Path, key: str | None) -> SensorSeries:
+    source = str(file)
+    try:
+        archive = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{source}: not a readable .npz archive ({err})") from None
+    with archive as z:
+        name = key or "data"
+        if name not in z.files:
+            raise DataError(f"{source}: no array {name!r}; arrays: {z.files} (choose one with key=)")
+        values = _as_tnf(z[name], source)
+        times = _parse_times(z["timestamps"], source) if "timestamps" in z.files else None
+        adj = z["adj"].astype(np.float32) if "adj" in z.files else None
+        ids = next((z[k] for k in ("sensor_ids", "node_ids", "stop_ids") if k in z.files), None)
+    return SensorSeries(values, source, times, adj, ids)
+
+
+def _read_h5(file: Path, key: str | None) -> SensorSeries:
+    """A pandas ``DataFrame.to_hdf`` file in the fixed format (DCRNN's ``metr-la.h5``): group ``df``
+    with ``block0_values [T, N]``, ``axis0`` (sensor ids) and ``axis1`` (datetime64[ns] index)."""
+    try:
+        import h5py  # noqa: PLC0415 (only for this format)
+    except ImportError:
+        raise DataError(f"{file}: reading .h5 files needs h5py (pip install h5py)") from None
+    source = str(file)
+    try:
+        handle = h5py.File(file, "r")
+    except OSError as err:
+        raise DataError(f"{source}: not a readable HDF5 file ({err})") from None
+    with handle as h5:
+        groups = [k for k in h5.keys() if isinstance(h5[k], h5py.Group)]
+        name = key or ("df" if "df" in groups else (groups[0] if len(groups) == 1 else None))
+        if name is None or name not in h5:
+            raise DataError(f"{source}: no frame group {key or 'df'!r}; groups: {groups} (choose one with key=)")
+        group = h5[name]
+        blocks = sorted(k for k in group.keys() if re.fullmatch(r"block\d+_values", k))
+        if len(blocks) != 1:
+            raise DataError(f"{source}: expected one numeric block in {name!r} (a frame of sensor "
+                            f"columns), found {blocks}")
+        values = _as_tnf(group[blocks[0]][()], source)
+        times = None
+        if "axis1" in group:
+            index = group["axis1"][()]
+            times = (index.astype("datetime64[ns]").astype("datetime64[s]")
+                     if np.issubdtype(index.dtype, np.integer) else _parse_times(index.astype(str), source))
+        ids = group["axis0"][()] if "axis0" in group else None
+    return SensorSeries(values, source, times, None, ids)
+
+
+def _read_csv(file: Path, key: str | None) -> SensorSeries:
+    source = str(file)
+    with open(file, newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    if not rows:
+        raise DataError(f"{source}: empty file")
+    header = None if _data_row(rows[0]) else rows[0]
+    body = rows[1:] if header else rows
+    if not body:
+        raise DataError(f"{source}: a header but no data rows")
+    widths = {len(r) for r in body}
+    if len(widths) != 1:
+        raise DataError(f"{source}: rows have different numbers of columns {sorted(widths)}")
+    if header is not None and len(header) != len(body[0]):
+        raise DataError(f"{source}: the header has {len(header)} columns but the rows have {len(body[0])}")
+    time_col = _time_column(header, body)
+    times = _parse_times(np.array([r[time_col] for r in body]), source) if time_col is not None else None
+    cols = [i for i in range(len(body[0])) if i != time_col]
+    try:
+        values = np.array([[_cell(r[i]) for i in cols] for r in body], dtype=np.float64)
+    except ValueError as err:
+        raise DataError(f"{source}: non-numeric value ({err})") from None
+    ids = np.array([header[i] for i in cols]) if header else None
+    return SensorSeries(_as_tnf(values, source), source, times, None, ids)
+
+
+def _cell(text: str) -> float:
+    text = text.strip()
+    return float("nan") if text == "" or text.lower() in ("nan", "na", "null") else float(text)
+
+
+def _numeric_row(row: list[str]) -> bool:
+    try:
+        [_cell(c) for c in row]
+        return True
+    except ValueError:
+        return False
+
+
+def _is_time(text: str) -> bool:
+    try:
+        np.datetime64(text.strip())
+        return True
+    except ValueError:
+        return False
+
+
+def _data_row(row: list[str]) -> bool:
+    """A row of readings: all numeric, or a date-time followed by numbers (no header)."""
+    return _numeric_row(row) or (_is_time(row[0]) and _numeric_row(row[1:]))
+
+
+def _time_column(header: list[str] | None, body: list[list[str]]) -> int | None:
+    if header:
+        for i, name in enumerate(header):
+            if name.strip().lower() in TIME_HEADERS:
+                return i
+    return 0 if not _numeric_row(body[0][:1]) else None

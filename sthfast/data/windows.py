@@ -1,0 +1,113 @@
+"""The protocol's data preparation: chronological split, a per-node scaler fitted on the training
+split only, and lazy sliding windows (one shared tensor, no copy of every window)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .formats import DataError, SensorSeries
+
+
+@dataclass
+class Scaler:
+    """Per-node, per-feature z-score: ``mean, std [N, F]``, fitted on the training split ignoring
+    missing values (a constant node gets std 1)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "Scaler":
+        mean = np.nanmean(values, axis=0)                               # [N, F]
+        std = np.nanstd(values, axis=0)
+        std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
+        return cls(np.nan_to_num(mean).astype(np.float32), std.astype(np.float32))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return (values - self.mean) / self.std
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Scaler":
+        return cls(np.asarray(values["mean"], np.float32), np.asarray(values["std"], np.float32))
+
+
+class WindowDataset(Dataset):
+    """Windows of one split. Item ``i`` is ``(x [T, N, F], y [H, N], start)``: ``x`` scaled, with
+    missing inputs at 0 (the node's training mean); ``y`` the target feature on the original scale
+    with NaN where missing (masked in the loss and the metrics, never filled)."""
+
+    def __init__(self, scaled: torch.Tensor, target: torch.Tensor, starts: np.ndarray,
+                 seq_len: int, pred_len: int):
+        self.scaled, self.target, self.starts = scaled, target, starts
+        self.seq_len, self.pred_len = seq_len, pred_len
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int):
+        s = int(self.starts[i])
+        return (self.scaled[s:s + self.seq_len],
+                self.target[s + self.seq_len:s + self.seq_len + self.pred_len], s)
+
+    def batch(self, indices: torch.Tensor):
+        """Items ``indices`` stacked, gathered in one indexing op: ``x [B, T, N, F]``,
+        ``y [B, H, N]``, ``starts [B]``."""
+        starts = torch.as_tensor(self.starts)[indices]                        # [B]
+        steps = starts[:, None] + torch.arange(self.seq_len + self.pred_len)  # [B, T + H]
+        return (self.scaled[steps[:, :self.seq_len]], self.target[steps[:, self.seq_len:]], starts)
+
+
+@dataclass
+class SplitData:
+    """A series prepared for one protocol: the scaler and the train / val / test windows."""
+
+    series: SensorSeries
+    scaler: Scaler
+    train: WindowDataset
+    val: WindowDataset
+    test: WindowDataset
+    target_feature: int
+    boundaries: tuple[int, int]  # first val step, first test step
+
+    def target_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean, std [N]`` of the target feature, to move forecasts between scales."""
+        f = self.target_feature
+        return torch.from_numpy(self.scaler.mean[:, f]), torch.from_numpy(self.scaler.std[:, f])
+
+
+def prepare(series: SensorSeries, seq_len: int, pred_len: int,
+            split: tuple[float, float, float] = (0.7, 0.1, 0.2), target_feature: int = 0) -> SplitData:
+    """Split chronologically, fit the scaler on the training steps, build the windows.
+
+    A window belongs to the split that holds all of its ``pred_len`` targets; validation and test
+    inputs may reach back into the previous split (as BasicTS and the authors do).
+    """
+    if len(split) != 3 or min(split) < 0 or not np.isclose(sum(split), 1.0) or split[0] <= 0:
+        raise DataError(f"{series.source}: split {split} must be three non-negative fractions summing to 1")
+    if not 0 <= target_feature < series.values.shape[2]:
+        raise DataError(f"{series.source}: target feature {target_feature} not in 0..{series.values.shape[2] - 1}")
+    steps, window = series.num_steps, seq_len + pred_len
+    first_val = math.floor(steps * split[0] + 1e-9)      # 0.7 * 40 is 27.999... in floating point
+    first_test = math.floor(steps * (split[0] + split[1]) + 1e-9)
+    ranges = {"train": (0, first_val - window), "val": (first_val - seq_len, first_test - window),
+              "test": (first_test - seq_len, steps - window)}
+    for name, (lo, hi) in ranges.items():
+        if hi < max(lo, 0):
+            raise DataError(f"{series.source}: {steps} steps leave no {name} window of "
+                            f"{seq_len} + {pred_len} steps with split {split}")
+    scaler = Scaler.fit(series.values[:first_val])
+    scaled = np.nan_to_num(scaler.transform(series.values), nan=0.0).astype(np.float32)
+    scaled_t = torch.from_numpy(scaled)
+    target = torch.from_numpy(np.ascontiguousarray(series.values[:, :, target_feature]))
+    sets = {name: WindowDataset(scaled_t, target, np.arange(max(lo, 0), hi + 1), seq_len, pred_len)
+            for name, (lo, hi) in ranges.items()}
+    return SplitData(series, scaler, sets["train"], sets["val"], sets["test"], target_feature,
+                     (first_val, first_test))
