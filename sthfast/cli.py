@@ -1,25 +1,140 @@
-"""The ``sthfast`` command line."""
+"""The ``sthfast`` command line: ``train``, ``evaluate``, ``predict``, ``info``.
+
+The flags of ``train`` are generated from the fields of :class:`TrainConfig` and
+:class:`STHSepNetConfig` (names, types, defaults, choices and help), so flags and config fields are
+one set. Model flags override only when given; ``num_nodes`` and ``in_features`` come from the data.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+import types
+import typing
+from typing import Any
+
+from .config import STHSepNetConfig
+
+# Imported lazily by the commands (torch and transformers are slow to import).
+TRAINING = "sthfast.training"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sthfast", description="STH-SepNet, fast.")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation) -> tuple[type, bool]:
+    """``int | None`` -> ``(int, True)``; ``list[str] | None`` -> ``(list, True)``."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(annotation)
+    return (origin or annotation), optional
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
+                        suppress_defaults: bool = False) -> None:
+    """One flag per field of ``cls`` with the field's help, type, choices and default."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind, optional = _base_type(hints[f.name])
+        default_text = f" (default: {f.default})"
+        kwargs: dict[str, Any] = {"help": f.metadata["help"] + default_text,
+                                  "default": argparse.SUPPRESS if suppress_defaults else f.default}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is list:
+            kwargs.update(nargs="+", type=str)
+        else:
+            kwargs["type"] = _optional(kind) if optional else kind
+        group.add_argument(_flag(f.name), dest=f.name, **kwargs)
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .training import DATA_FIELDS, TrainConfig  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="sthfast", description="STH-SepNet, fast: train, evaluate and "
+                                     "forecast on sensor networks.")
     commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train on a dataset and evaluate on its test split",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_flags(train, TrainConfig)
+    add_dataclass_flags(train, STHSepNetConfig, skip=DATA_FIELDS, suppress_defaults=True)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint beside the naive baselines")
+    evaluate.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder")
+    evaluate.add_argument("--data", default=None, help="series file (default: the data it was trained on)")
+    evaluate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    predict = commands.add_parser("predict", help="forecast the steps after the end of a series")
+    predict.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder")
+    predict.add_argument("--data", required=True, help="series file ('embedded' for LOS-LOOP)")
+    predict.add_argument("--out", required=True, help="output .npz (forecast [H, N], timestamps)")
+    predict.add_argument("--all-windows", action="store_true",
+                         help="also forecast from every window of the series (window_forecasts [W, H, N])")
+    predict.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+
     info = commands.add_parser("info", help="versions, usable backends, default backbone, model size")
     info.add_argument("--model", action="store_true",
                       help="also build a default model and print its parameter counts")
     info.add_argument("--num-nodes", type=int, default=207, help="N for --model (default 207)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except ValueError as err:  # bad data, config or checkpoint: one clear line, no traceback
+        print(f"sthfast {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "info":
         from .info import report  # noqa: PLC0415
 
         if args.num_nodes < 1:
             parser.error(f"--num-nodes must be >= 1, got {args.num_nodes}")
         print(report(args.num_nodes if args.model else None))
+        return 0
+    from . import training  # noqa: PLC0415
+
+    if args.command == "train":
+        values = vars(args)
+        train_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+        tc = training.TrainConfig(**{k: v for k, v in values.items() if k in train_fields})
+        overrides = {k: v for k, v in values.items()
+                     if k in {f.name for f in dataclasses.fields(STHSepNetConfig)}}
+        summary = training.train(tc, **overrides)
+        print(f"\ntest metrics ({summary['protocol']} protocol, {summary['seq_len']} -> "
+              f"{summary['pred_len']}, best epoch {summary['best_epoch']}), run folder {tc.out}:")
+        print(training.format_table(summary["test"]))
+    elif args.command == "evaluate":
+        result = training.evaluate(args.checkpoint, args.data, args.device)
+        print(json.dumps(result, indent=2) if args.json else training.format_table(result))
+    elif args.command == "predict":
+        result = training.predict(args.checkpoint, args.data, args.out, args.device, args.all_windows)
+        print(f"wrote {args.out}: forecast {list(result['forecast'].shape)}"
+              + (f", window_forecasts {list(result['window_forecasts'].shape)}" if args.all_windows else ""))
     return 0
 
 

@@ -37,6 +37,14 @@ class STHSepNet(nn.Module):
         self.register_buffer("clamp_min", torch.full((c.num_nodes,), -torch.inf))
         self.register_buffer("clamp_max", torch.full((c.num_nodes,), torch.inf))
 
+    @classmethod
+    def from_checkpoint(cls, folder) -> "STHSepNet":
+        """The model saved in a checkpoint folder (or a run folder's best checkpoint); its scaler and
+        training metadata are in ``sthfast.training.load_checkpoint(folder)[1]``."""
+        from .training import load_checkpoint  # noqa: PLC0415 (training imports this module)
+
+        return load_checkpoint(folder)[0]
+
     def set_clamp_range(self, low: Tensor | np.ndarray, high: Tensor | np.ndarray) -> None:
         """Per-node output bounds ``[N]`` (in the model's scaled units), used when ``config.clamp``."""
         for name, value in (("clamp_min", low), ("clamp_max", high)):

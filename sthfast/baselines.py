@@ -1,0 +1,104 @@
+"""Naive baselines every evaluation reports beside the model, on the same windows: last value,
+seasonal historical average, and a linear model. A model that does not beat them is reported so."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .data.windows import SplitData
+
+BASELINES = ("last_value", "seasonal_average", "linear")
+
+
+class LastValue:
+    """Every horizon step repeats the last input value (original scale)."""
+
+    def __init__(self, data: SplitData):
+        self.mean, self.std = data.target_scale()
+        self.feature = data.target_feature
+
+    def __call__(self, x: Tensor, starts: Tensor, pred_len: int) -> Tensor:
+        last = x[:, -1, :, self.feature] * self.std + self.mean          # [B, N]
+        return last.unsqueeze(1).expand(-1, pred_len, -1)
+
+
+class SeasonalAverage:
+    """Mean of the training split at the same time of day and weekday; where that slot never occurs
+    in training, the same time of day; else the node's training mean. Without timestamps, slots are
+    the step index modulo ``steps_per_day`` (no weekday)."""
+
+    def __init__(self, data: SplitData, steps_per_day: int = 288):
+        series = data.series
+        values = series.values[:, :, data.target_feature].astype(np.float64)   # [T, N]
+        n_train = data.boundaries[0]
+        steps = np.arange(series.num_steps)
+        if series.timestamps is not None and series.num_steps > 1:
+            seconds = series.timestamps.astype("datetime64[s]").astype(np.int64)
+            interval = max(int(np.median(np.diff(seconds))), 1)
+            day_slot = (seconds % 86400) // interval
+            weekday = ((seconds // 86400) + 3) % 7                          # 1970-01-01 was a Thursday
+        else:
+            day_slot, weekday = steps % steps_per_day, np.zeros_like(steps)
+        per_day = int(day_slot.max()) + 1
+        week_slot = weekday * per_day + day_slot
+        node_mean = np.nanmean(values[:n_train], axis=0)
+        day_table = _slot_means(values[:n_train], day_slot[:n_train], per_day, node_mean)
+        week_table = _slot_means(values[:n_train], week_slot[:n_train], 7 * per_day, None)
+        table = np.where(np.isnan(week_table[week_slot]), day_table[day_slot], week_table[week_slot])
+        self.forecast_by_step = torch.from_numpy(table.astype(np.float32))  # [T, N]: value for step t
+        self.seq_len = data.test.seq_len
+
+    def __call__(self, x: Tensor, starts: Tensor, pred_len: int) -> Tensor:
+        steps = starts[:, None] + self.seq_len + torch.arange(pred_len)    # [B, H]
+        return self.forecast_by_step[steps]                                 # [B, H, N]
+
+
+def _slot_means(values: np.ndarray, slots: np.ndarray, num_slots: int, fallback) -> np.ndarray:
+    sums = np.zeros((num_slots, values.shape[1]))
+    counts = np.zeros((num_slots, values.shape[1]))
+    observed = np.isfinite(values)
+    np.add.at(sums, slots, np.where(observed, values, 0.0))
+    np.add.at(counts, slots, observed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    return means if fallback is None else np.where(counts > 0, means, fallback)
+
+
+class LinearBaseline:
+    """Ridge regression from a node's ``seq_len`` scaled inputs to its ``pred_len`` scaled targets,
+    shared by all nodes, fitted in closed form on every training window."""
+
+    def __init__(self, data: SplitData, ridge: float = 1e-3, zeros_missing: bool = False):
+        self.mean, self.std = data.target_scale()
+        self.feature = data.target_feature
+        train = data.train
+        t, h = train.seq_len, train.pred_len
+        gram = torch.zeros(t + 1, t + 1, dtype=torch.float64)
+        cross = torch.zeros(t + 1, h, dtype=torch.float64)
+        for chunk in torch.arange(len(train)).split(256):
+            x, y, _ = train.batch(chunk)
+            inputs, targets = self._design(x), ((y - self.mean) / self.std).permute(0, 2, 1)
+            rows_ok = torch.isfinite(targets).all(-1)
+            if zeros_missing:
+                rows_ok &= (y != 0).all(1)
+            a = inputs[rows_ok].double()
+            gram += a.T @ a
+            cross += a.T @ targets[rows_ok].double()
+        gram += ridge * torch.eye(t + 1, dtype=torch.float64) * max(float(gram.diagonal().mean()), 1.0)
+        self.weight = torch.linalg.solve(gram, cross).float()               # [T + 1, H]
+
+    def _design(self, x: Tensor) -> Tensor:
+        series = x[..., self.feature].permute(0, 2, 1)                      # [B, N, T]
+        return torch.cat([series, torch.ones_like(series[..., :1])], -1)    # [B, N, T + 1]
+
+    def __call__(self, x: Tensor, starts: Tensor, pred_len: int) -> Tensor:
+        pred = (self._design(x) @ self.weight).permute(0, 2, 1)             # [B, H, N] scaled
+        return pred * self.std + self.mean
+
+
+def fit_baselines(data: SplitData, zeros_missing: bool) -> dict:
+    """The three baselines fitted on ``data``'s training split."""
+    return {"last_value": LastValue(data), "seasonal_average": SeasonalAverage(data),
+            "linear": LinearBaseline(data, zeros_missing=zeros_missing)}

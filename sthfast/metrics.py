@@ -1,0 +1,60 @@
+"""Masked forecast metrics accumulated over a whole split (sums, not means of batch means)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+MAPE_THRESHOLD = 1e-4
+"""Truth values with ``|y| <= MAPE_THRESHOLD`` are left out of MAPE (it is undefined at 0), as in
+BasicTS' and LargeST's masked MAPE; they still count in MAE and RMSE unless masked as missing."""
+
+
+def valid_mask(truth: Tensor, zeros_missing: bool) -> Tensor:
+    """Where ``truth`` is a real reading: finite, and non-zero when zeros mark missing readings."""
+    valid = torch.isfinite(truth)
+    return valid & (truth != 0) if zeros_missing else valid
+
+
+class ForecastMetrics:
+    """MAE, RMSE and MAPE (%) of forecasts ``[B, H, N]`` on the original scale, per horizon step and
+    over all steps, over every valid entry seen by :meth:`update`."""
+
+    def __init__(self, pred_len: int, zeros_missing: bool = False):
+        self.zeros_missing = zeros_missing
+        shape = (pred_len,)
+        self.abs, self.sq, self.ape = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
+        self.count, self.ape_count = (torch.zeros(shape, dtype=torch.float64) for _ in range(2))
+
+    def update(self, pred: Tensor, truth: Tensor) -> None:
+        pred, truth = pred.detach().double().cpu(), truth.detach().double().cpu()
+        valid = valid_mask(truth, self.zeros_missing)
+        err = torch.where(valid, pred - truth, torch.zeros_like(pred))
+        self.abs += err.abs().sum(dim=(0, 2))
+        self.sq += err.square().sum(dim=(0, 2))
+        self.count += valid.sum(dim=(0, 2))
+        ape_valid = valid & (truth.abs() > MAPE_THRESHOLD)
+        safe = torch.where(ape_valid, truth, torch.ones_like(truth))
+        self.ape += torch.where(ape_valid, (err / safe).abs(), torch.zeros_like(err)).sum(dim=(0, 2))
+        self.ape_count += ape_valid.sum(dim=(0, 2))
+
+    @staticmethod
+    def _summary(abs_, sq, ape, count, ape_count) -> dict[str, float]:
+        nan = math.nan
+        return {"mae": float(abs_ / count) if count else nan,
+                "rmse": math.sqrt(float(sq / count)) if count else nan,
+                "mape": 100.0 * float(ape / ape_count) if ape_count else nan}
+
+    def result(self, horizons: tuple[int, ...] = ()) -> dict[str, dict[str, float]]:
+        """``{"all": {...}, "h3": {...}, ...}`` for the 1-based horizon steps in ``horizons``."""
+        out = {"all": self._summary(self.abs.sum(), self.sq.sum(), self.ape.sum(), self.count.sum(),
+                                    self.ape_count.sum())}
+        for h in horizons:
+            i = h - 1
+            out[f"h{h}"] = self._summary(self.abs[i], self.sq[i], self.ape[i], self.count[i], self.ape_count[i])
+        return out
+
+    def mae_by_step(self) -> list[float]:
+        return [float(a / c) if c else math.nan for a, c in zip(self.abs, self.count)]

@@ -1,0 +1,394 @@
+"""The main job: train STH-SepNet on a sensor network, evaluate it beside the naive baselines, and
+forecast; the CLI is a thin layer over :func:`train`, :func:`evaluate` and :func:`predict`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .baselines import fit_baselines
+from .config import STHSepNetConfig
+from .data import load_adjacency, load_series, prepare
+from .data.formats import SensorSeries
+from .data.windows import Scaler, SplitData, WindowDataset
+from .metrics import ForecastMetrics, valid_mask
+from .model import STHSepNet
+
+PROTOCOLS = {
+    # the paper: 48 -> 48, metrics on the original scale over the whole test set
+    "paper": dict(model=dict(seq_len=48, pred_len=48), zeros_missing=False, horizons=(12, 24, 48)),
+    # BasicTS / LargeST: 12 -> 12, zeros masked, horizons 3 / 6 / 12 and the average; patches of
+    # 4 with stride 2 (the paper's 16 / 8 do not fit a 12-step window)
+    "standard": dict(model=dict(seq_len=12, pred_len=12, patch_len=4, stride=2), zeros_missing=True,
+                     horizons=(3, 6, 12)),
+}
+DATA_FIELDS = ("num_nodes", "in_features")  # taken from the data, never from flags
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data, protocol, optimisation, run folder. The model's own hyper-parameters are
+    an :class:`STHSepNetConfig` (``num_nodes`` and ``in_features`` come from the data)."""
+
+    data: str = _f("embedded", "Series file (.npz, .h5, .csv) or 'embedded' (LOS-LOOP, shipped with the package).")
+    adjacency: str | None = _f(None, "Adjacency file (.npy, .npz, .csv matrix or from,to,cost edge list) for graph='static'; default: the data file's own 'adj' if it has one.")
+    data_key: str | None = _f(None, "Array (npz) or group (h5) holding the series, if not the default.")
+    features: str | None = _f(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow only).")
+    protocol: str = _f("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.", choices=tuple(PROTOCOLS))
+    zeros_missing: bool | None = _f(None, "Treat exact zeros as missing readings (masked in loss and metrics); default: the protocol's (standard: yes, paper: no).")
+    split: str = _f("0.7,0.1,0.2", "Chronological train,val,test fractions.")
+    epochs: int = _f(30, "Maximum training epochs.")
+    batch_size: int = _f(32, "Training batch size.")
+    eval_batch_size: int = _f(64, "Evaluation batch size.")
+    max_batches: int | None = _f(None, "Stop each training epoch after this many batches (quick runs); default: the whole training split.")
+    lr: float = _f(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
+    weight_decay: float = _f(0.0, "Adam weight decay.")
+    milestones: str = _f("5,20,40,70", "Epochs at which the learning rate is multiplied by lr_gamma (the authors' MultiStepLR).")
+    lr_gamma: float = _f(0.3, "Learning-rate decay factor at each milestone.")
+    clip: float = _f(5.0, "Gradient-norm clipping threshold (0 disables).")
+    patience: int = _f(10, "Early stopping: epochs without a better validation MAE before stopping.")
+    seed: int = _f(2021, "Random seed (weights, data order, dropout).")
+    device: str = _f("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    bf16: bool = _f(False, "bfloat16 autocast on CUDA (ignored on the CPU).")
+    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice).")
+    out: str = _f("runs/sthfast", "Run folder: checkpoints, metrics.json, log.jsonl, plots.")
+    resume: bool = _f(False, "Continue the run in --out from its last checkpoint (same data and config).")
+    plots: bool = _f(True, "Write PNG plots into the run folder.")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches={self.max_batches} must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol={self.protocol!r} is not one of {list(PROTOCOLS)}")
+        if not self.lr > 0 or self.clip < 0 or self.patience < 1:
+            raise ValueError(f"lr={self.lr}, clip={self.clip}, patience={self.patience} out of range")
+        self.split_fractions()
+        self.milestone_epochs()
+
+    def split_fractions(self) -> tuple[float, float, float]:
+        parts = _numbers(self.split, float, "split")
+        if len(parts) != 3:
+            raise ValueError(f"split={self.split!r} must be three fractions train,val,test")
+        return tuple(parts)
+
+    def milestone_epochs(self) -> list[int]:
+        return _numbers(self.milestones, int, "milestones") if self.milestones else []
+
+    def feature_list(self) -> list[int] | None:
+        return _numbers(self.features, int, "features") if self.features else None
+
+    def missing_zeros(self) -> bool:
+        return PROTOCOLS[self.protocol]["zeros_missing"] if self.zeros_missing is None else self.zeros_missing
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _numbers(text: str, kind, name: str) -> list:
+    try:
+        return [kind(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a comma-separated list of {kind.__name__}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but no CUDA device is available")
+    return device
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the valid entries only (missing targets carry no loss)."""
+    diff = torch.where(valid, pred - torch.nan_to_num(target), torch.zeros_like(pred))
+    return diff.square().sum() / valid.sum().clamp_min(1)
+
+
+def load_data(tc: TrainConfig, seq_len: int, pred_len: int, target_feature: int = 0) -> SplitData:
+    """Read the series (and adjacency) named by ``tc`` and prepare the protocol's windows."""
+    series = load_series(tc.data, key=tc.data_key, features=tc.feature_list(), zeros_missing=tc.missing_zeros())
+    if tc.adjacency:
+        series.adjacency = load_adjacency(tc.adjacency, series.num_nodes)
+    return prepare(series, seq_len, pred_len, tc.split_fractions(), target_feature)
+
+
+def model_config(series: SensorSeries, tc: TrainConfig, overrides: dict[str, Any]) -> STHSepNetConfig:
+    """The model config for ``series``: protocol lengths, then the user's overrides."""
+    given = sorted(set(overrides) & set(DATA_FIELDS))
+    if given:
+        raise ValueError(f"{given} are read from the data, not set by hand")
+    values = dict(PROTOCOLS[tc.protocol]["model"])
+    values.update(overrides)
+    return STHSepNetConfig(num_nodes=series.num_nodes, in_features=series.values.shape[2], **values)
+
+
+@torch.no_grad()
+def evaluate_windows(model: STHSepNet, dataset: WindowDataset, data: SplitData, zeros_missing: bool,
+                     batch_size: int, device: torch.device, baselines: dict | None = None,
+                     keep_predictions: bool = False) -> dict[str, Any]:
+    """Run the model (and the baselines) over every window of ``dataset``.
+
+    Returns ``{"metrics": {name: ForecastMetrics}, "predictions": [W, H, N] or None}``.
+    """
+    model.eval()
+    mean, std = data.target_scale()
+    pred_len = dataset.pred_len
+    names = ["model"] + list(baselines or {})
+    metrics = {name: ForecastMetrics(pred_len, zeros_missing) for name in names}
+    kept = []
+    for idx in torch.arange(len(dataset)).split(batch_size):
+        x, y, starts = dataset.batch(idx)
+        pred = model(x.to(device)).float().cpu() * std + mean              # [B, H, N] original scale
+        metrics["model"].update(pred, y)
+        for name, baseline in (baselines or {}).items():
+            metrics[name].update(baseline(x, starts, pred_len), y)
+        if keep_predictions:
+            kept.append(pred)
+    return {"metrics": metrics, "predictions": torch.cat(kept) if kept else None}
+
+
+def report(metrics: dict[str, ForecastMetrics], horizons: tuple[int, ...]) -> dict[str, Any]:
+    """Metrics as plain data, with a verdict per baseline: does the model beat it (MAE, all steps)?"""
+    out = {name: m.result(tuple(h for h in horizons if h <= len(m.abs))) for name, m in metrics.items()}
+    model_mae = out["model"]["all"]["mae"]
+    out["model_beats"] = {name: bool(model_mae < out[name]["all"]["mae"]) for name in out if name != "model"}
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The metrics table the CLI prints: one row per method and horizon."""
+    lines = [f"{'method':18s} {'horizon':>8s} {'MAE':>9s} {'RMSE':>9s} {'MAPE %':>9s}"]
+    for name, per in result.items():
+        if name == "model_beats":
+            continue
+        for horizon, m in per.items():
+            lines.append(f"{name:18s} {horizon:>8s} {m['mae']:9.3f} {m['rmse']:9.3f} {m['mape']:9.2f}")
+    losses = [name for name, beats in result["model_beats"].items() if not beats]
+    lines.append("the model beats every baseline (MAE, all steps)" if not losses
+                 else f"WARNING: the model does NOT beat {losses} (MAE, all steps)")
+    return "\n".join(lines)
+
+
+def _checkpoint_meta(data: SplitData, tc: TrainConfig, epoch: int) -> dict[str, Any]:
+    return {"epoch": epoch, "scaler": data.scaler.to_dict(), "data_fingerprint": data.series.fingerprint(),
+            "data_source": data.series.source, "target_feature": data.target_feature,
+            "train_config": tc.to_dict()}
+
+
+def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
+    """Train, keep the best model by validation MAE, evaluate it on the test split beside the
+    baselines, and write the run folder. Returns the test report (as in ``metrics.json``)."""
+    out = Path(tc.out)
+    last_dir, best_dir = out / "checkpoint" / "last", out / "checkpoint" / "best"
+    if not tc.resume and (last_dir / ckpt.META).exists():
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    probe = load_series(tc.data, key=tc.data_key, features=tc.feature_list(), zeros_missing=tc.missing_zeros())
+    config = model_config(probe, tc, model_overrides)
+    data = load_data(tc, config.seq_len, config.pred_len, config.target_feature)
+    zeros_missing, horizons = tc.missing_zeros(), PROTOCOLS[tc.protocol]["horizons"]
+    device = resolve_device(tc.device)
+
+    torch.manual_seed(tc.seed)
+    model = STHSepNet(config, adjacency=data.series.adjacency if config.graph == "static" else None)
+    mean, std = data.target_scale()
+    if config.clamp:
+        train_part = torch.from_numpy(data.series.values[: data.boundaries[0], :, config.target_feature])
+        scaled = (train_part - mean) / std
+        model.set_clamp_range(torch.nan_to_num(scaled, nan=math.inf).amin(0), torch.nan_to_num(scaled, nan=-math.inf).amax(0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc.milestone_epochs(), tc.lr_gamma)
+    progress = {"epoch": 0, "best_val_mae": math.inf, "bad_epochs": 0, "history": []}
+    if tc.resume:
+        progress = _resume(last_dir, model, optimizer, scheduler, data, config)
+    model.to(device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(device)
+    mean_d, std_d = mean.to(device), std.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda")
+
+    for epoch in range(progress["epoch"], tc.epochs):
+        if progress["bad_epochs"] >= tc.patience:
+            break
+        model.train()
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
+        batches = order.split(tc.batch_size)[: tc.max_batches]
+        start, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", dynamic_ncols=True)
+        for idx in bar:
+            x, y, _ = data.train.batch(idx)
+            x, y = x.to(device), y.to(device)
+            with autocast:
+                pred = model(x)
+            loss = masked_mse(pred.float(), (y - mean_d) / std_d, valid_mask(y, zeros_missing))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.clip)
+            optimizer.step()
+            seen += len(idx)
+            loss_sum += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
+        train_seconds = time.perf_counter() - start
+        scheduler.step()
+        val = evaluate_windows(model, data.val, data, zeros_missing, tc.eval_batch_size, device)
+        val_result = val["metrics"]["model"].result()["all"]
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_mae": val_result["mae"],
+                  "val_rmse": val_result["rmse"], "val_mape": val_result["mape"],
+                  "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
+                  "samples_per_s": seen / train_seconds}
+        progress["history"].append(record)
+        progress["epoch"] = epoch + 1
+        if val_result["mae"] < progress["best_val_mae"]:
+            progress["best_val_mae"], progress["bad_epochs"] = val_result["mae"], 0
+            ckpt.save(best_dir, model, _checkpoint_meta(data, tc, epoch + 1))
+        else:
+            progress["bad_epochs"] += 1
+        trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "torch_rng": torch.get_rng_state(), "progress": progress}
+        if torch.cuda.is_available():
+            trainer_state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        ckpt.save(last_dir, model, _checkpoint_meta(data, tc, epoch + 1), trainer_state)
+        ckpt.atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["history"]))
+        tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val MAE {record['val_mae']:.3f}, "
+                   f"{record['samples_per_s']:.1f} samples/s")
+
+    ckpt.load_weights(model, best_dir)
+    baselines = fit_baselines(data, zeros_missing)
+    test = evaluate_windows(model, data.test, data, zeros_missing, tc.eval_batch_size, device, baselines,
+                            keep_predictions=tc.plots)
+    result = report(test["metrics"], horizons)
+    summary = {"protocol": tc.protocol, "data": data.series.source, "num_nodes": config.num_nodes,
+               "seq_len": config.seq_len, "pred_len": config.pred_len, "zeros_missing": zeros_missing,
+               "best_epoch": _best_epoch(progress), "epochs_run": progress["epoch"],
+               "test": result, "history": progress["history"], "parameters": model.parameter_counts()}
+    ckpt.atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    ckpt.atomic_write_text(out / "config.json", config.to_json() + "\n")
+    if tc.plots:
+        from .plots import write_plots  # noqa: PLC0415 (matplotlib is imported only for plots)
+
+        write_plots(out, model, data, test, progress["history"])
+    return summary
+
+
+def _best_epoch(progress: dict) -> int:
+    history = progress["history"]
+    return min(history, key=lambda r: r["val_mae"])["epoch"] if history else 0
+
+
+def _resume(last_dir: Path, model, optimizer, scheduler, data: SplitData, config: STHSepNetConfig) -> dict:
+    meta = ckpt.read_meta(last_dir)
+    if meta["config"] != config.to_dict():
+        changed = sorted(k for k in meta["config"] if meta["config"][k] != config.to_dict().get(k))
+        raise ckpt.CheckpointError(f"{last_dir}: the checkpoint was trained with a different model config "
+                                   f"(fields {changed}); resume with the same flags")
+    if meta["data_fingerprint"] != data.series.fingerprint():
+        raise ckpt.CheckpointError(f"{last_dir}: the checkpoint was trained on different data "
+                                   f"({meta['data_source']}); resume on the same data")
+    ckpt.load_weights(model, last_dir)
+    state = ckpt.load_trainer_state(last_dir)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["progress"]
+
+
+def load_checkpoint(folder: str | Path) -> tuple[STHSepNet, dict[str, Any]]:
+    """``(model, meta)`` from a checkpoint folder (a run folder's ``checkpoint/best`` is found from
+    the run folder too)."""
+    folder = Path(folder)
+    if not (folder / ckpt.META).exists() and (folder / "checkpoint" / "best" / ckpt.META).exists():
+        folder = folder / "checkpoint" / "best"
+    return ckpt.load_model(folder, STHSepNet)
+
+
+def _data_for_checkpoint(meta: dict, data: str | None) -> tuple[SplitData, TrainConfig]:
+    """The checkpoint's data (or ``data``), scaled with the checkpoint's scaler."""
+    tc = TrainConfig(**dict(meta["train_config"], **({"data": data} if data else {})))
+    config = STHSepNetConfig.from_dict(meta["config"])
+    split = load_data(tc, config.seq_len, config.pred_len, meta["target_feature"])
+    if split.series.num_nodes != config.num_nodes or split.series.values.shape[2] != config.in_features:
+        raise ckpt.CheckpointError(f"the checkpoint is for N={config.num_nodes}, F={config.in_features}; "
+                                   f"{split.series.source} has N={split.series.num_nodes}, "
+                                   f"F={split.series.values.shape[2]}")
+    scaler = Scaler.from_dict(meta["scaler"])
+    scaled = np.nan_to_num(scaler.transform(split.series.values), nan=0.0).astype(np.float32)
+    split.scaler = scaler
+    for part in (split.train, split.val, split.test):
+        part.scaled = torch.from_numpy(scaled)
+    return split, tc
+
+
+def evaluate(checkpoint: str | Path, data: str | None = None, device: str = "auto",
+             batch_size: int = 64) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split of its data (or of ``data``) beside the baselines."""
+    model, meta = load_checkpoint(checkpoint)
+    split, tc = _data_for_checkpoint(meta, data)
+    dev = resolve_device(device)
+    model.to(dev)
+    zeros_missing = tc.missing_zeros()
+    result = evaluate_windows(model, split.test, split, zeros_missing, batch_size, dev,
+                              fit_baselines(split, zeros_missing))
+    return report(result["metrics"], PROTOCOLS[tc.protocol]["horizons"])
+
+
+def predict(checkpoint: str | Path, data: str, out: str | Path, device: str = "auto",
+            all_windows: bool = False, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Forecast the ``pred_len`` steps after the end of ``data`` (and, with ``all_windows``, from
+    every window of it); written to ``out`` (``.npz``) and returned."""
+    model, meta = load_checkpoint(checkpoint)
+    config = model.config
+    tc = TrainConfig(**meta["train_config"])
+    series = load_series(data, key=tc.data_key, features=tc.feature_list(), zeros_missing=tc.missing_zeros())
+    if (series.num_nodes, series.values.shape[2]) != (config.num_nodes, config.in_features):
+        raise ckpt.CheckpointError(f"the checkpoint is for N={config.num_nodes}, F={config.in_features}; "
+                                   f"{data} has N={series.num_nodes}, F={series.values.shape[2]}")
+    if series.num_steps < config.seq_len:
+        raise ValueError(f"{data}: {series.num_steps} steps, fewer than seq_len={config.seq_len}")
+    scaler = Scaler.from_dict(meta["scaler"])
+    scaled = torch.from_numpy(np.nan_to_num(scaler.transform(series.values), nan=0.0).astype(np.float32))
+    f = meta["target_feature"]
+    mean, std = torch.from_numpy(scaler.mean[:, f]), torch.from_numpy(scaler.std[:, f])
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    starts = torch.arange(series.num_steps - config.seq_len + 1) if all_windows else \
+        torch.tensor([series.num_steps - config.seq_len])
+    preds = []
+    with torch.no_grad():
+        for chunk in starts.split(batch_size):
+            x = scaled[chunk[:, None] + torch.arange(config.seq_len)]
+            preds.append(model(x.to(dev)).float().cpu() * std + mean)
+    forecasts = torch.cat(preds).numpy()
+    result = {"forecast": forecasts[-1], "window_starts": starts.numpy()}
+    if all_windows:
+        result["window_forecasts"] = forecasts
+    if series.timestamps is not None and series.num_steps > 1:
+        step = series.timestamps[-1] - series.timestamps[-2]
+        result["forecast_timestamps"] = (series.timestamps[-1] + step * np.arange(1, config.pred_len + 1)).astype(str)
+    out = Path(out)
+    ckpt.atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **result))
+    return result

@@ -1,0 +1,98 @@
+"""Metrics against hand-computed values; baselines against direct computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sthfast.baselines import LastValue, LinearBaseline, SeasonalAverage
+from sthfast.data import SensorSeries, prepare
+from sthfast.metrics import MAPE_THRESHOLD, ForecastMetrics
+
+
+def test_metrics_by_hand_with_missing_and_zero_masks():
+    truth = torch.tensor([[[1.0, 2.0], [float("nan"), 4.0]], [[0.0, 5.0], [2.0, 10.0]]])  # [B=2, H=2, N=2]
+    pred = torch.tensor([[[2.0, 2.0], [9.0, 1.0]], [[1.0, 3.0], [2.0, 14.0]]])
+    m = ForecastMetrics(pred_len=2)
+    m.update(pred[:1], truth[:1])          # accumulated over batches, not averaged per batch
+    m.update(pred[1:], truth[1:])
+    # valid entries: h1: (1,2),(2,2),(0,1),(5,3) ; h2: (4,1),(2,2),(10,14)   (NaN dropped)
+    errs = [1, 0, 1, 2, 3, 0, 4]
+    result = m.result(horizons=(1, 2))
+    assert result["all"]["mae"] == pytest.approx(sum(errs) / 7)
+    assert result["all"]["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errs) / 7))
+    ape = [1 / 1, 0 / 2, 2 / 5, 3 / 4, 0 / 2, 4 / 10]           # truth 0 is left out of MAPE
+    assert result["all"]["mape"] == pytest.approx(100 * sum(ape) / 6)
+    assert result["h1"]["mae"] == pytest.approx(4 / 4) and result["h2"]["mae"] == pytest.approx(7 / 3)
+    masked = ForecastMetrics(pred_len=2, zeros_missing=True)
+    masked.update(pred, truth)
+    assert masked.result()["all"]["mae"] == pytest.approx((sum(errs) - 1) / 6)  # the 0 truth is gone
+    assert MAPE_THRESHOLD < 1e-3
+
+
+def test_metrics_with_nothing_valid_are_nan():
+    m = ForecastMetrics(pred_len=1)
+    m.update(torch.zeros(1, 1, 2), torch.full((1, 1, 2), float("nan")))
+    assert all(math.isnan(v) for v in m.result()["all"].values())
+
+
+def _series(steps=200, nodes=3, seed=0, with_times=True):
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)
+    values = (10 + np.sin(2 * np.pi * t / 24)[:, None] * np.arange(1, nodes + 1) + rng.normal(0, 0.1, (steps, nodes)))
+    times = (np.datetime64("2024-01-01T00:00") + t * np.timedelta64(1, "h")).astype("datetime64[s]") if with_times else None
+    return SensorSeries(values[:, :, None].astype(np.float32), "synthetic", times)
+
+
+def test_last_value_is_the_last_input_on_the_original_scale():
+    data = prepare(_series(), seq_len=6, pred_len=3)
+    x, y, starts = data.test.batch(torch.arange(4))
+    pred = LastValue(data)(x, starts, 3)
+    raw = data.series.values[:, :, 0]
+    for b, s in enumerate(starts.tolist()):
+        np.testing.assert_allclose(pred[b].numpy(), np.repeat(raw[s + 5][None], 3, 0), rtol=1e-5)
+
+
+def test_seasonal_average_by_hand():
+    series = _series(steps=24 * 7 * 3)              # three weeks of hourly data
+    data = prepare(series, seq_len=6, pred_len=3)
+    n_train = data.boundaries[0]
+    raw = series.values[:, :, 0].astype(np.float64)
+    x, y, starts = data.test.batch(torch.arange(5))
+    pred = SeasonalAverage(data)(x, starts, 3)
+    for b, s in enumerate(starts.tolist()):
+        for h in range(3):
+            step = s + 6 + h
+            same = [t for t in range(n_train) if t % 168 == step % 168]
+            np.testing.assert_allclose(pred[b, h].numpy(), raw[same].mean(0), rtol=1e-5)
+
+
+def test_seasonal_average_falls_back_to_time_of_day_then_node_mean():
+    series = _series(steps=24 * 4)                   # four days: the test days' weekdays are unseen
+    data = prepare(series, seq_len=6, pred_len=3)
+    n_train = data.boundaries[0]
+    raw = series.values[:, :, 0].astype(np.float64)
+    x, y, starts = data.test.batch(torch.arange(2))
+    pred = SeasonalAverage(data)(x, starts, 3)
+    step = int(starts[0]) + 6
+    same_hour = [t for t in range(n_train) if t % 24 == step % 24]
+    np.testing.assert_allclose(pred[0, 0].numpy(), raw[same_hour].mean(0), rtol=1e-5)
+    no_times = prepare(_series(steps=24 * 4, with_times=False), seq_len=6, pred_len=3)
+    pred = SeasonalAverage(no_times, steps_per_day=24)(x, starts, 3)
+    np.testing.assert_allclose(pred[0, 0].numpy(), raw[same_hour].mean(0), rtol=1e-5)
+
+
+def test_linear_baseline_equals_least_squares():
+    data = prepare(_series(), seq_len=6, pred_len=3)
+    model = LinearBaseline(data, ridge=0.0)
+    x, y, _ = data.train.batch(torch.arange(len(data.train)))
+    mean, std = data.target_scale()
+    inputs = torch.cat([x[..., 0].permute(0, 2, 1), torch.ones(len(x), 3, 1)], -1).reshape(-1, 7).double()
+    targets = ((y - mean) / std).permute(0, 2, 1).reshape(-1, 3).double()
+    direct = torch.linalg.lstsq(inputs, targets).solution.float()
+    torch.testing.assert_close(model.weight, direct, atol=1e-4, rtol=1e-3)
+    xt, yt, st = data.test.batch(torch.arange(3))
+    pred = model(xt, st, 3)
+    expected = (torch.cat([xt[..., 0].permute(0, 2, 1), torch.ones(3, 3, 1)], -1) @ direct).permute(0, 2, 1) * std + mean
+    torch.testing.assert_close(pred, expected, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,153 @@
+"""The main job end to end on the embedded data with a tiny model: CLI outputs, evaluate, predict,
+refusals, and an exact resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sthfast import STHSepNet, TrainConfig, evaluate, train
+from sthfast.cli import main
+from sthfast.plots import PLOTS
+
+
+def tiny_flags(backbone: str) -> list[str]:
+    """A model small enough that an epoch over a few batches of LOS-LOOP takes about a second."""
+    return ["--backbone", backbone, "--layers", "1", "--conv-channels", "8", "--residual-channels", "8",
+            "--skip-channels", "8", "--end-channels", "8", "--node-emb-dim", "8", "--d-ff", "16",
+            "--gate-hidden", "8", "--subgraph-size", "5", "--protocol", "standard", "--batch-size", "8",
+            "--eval-batch-size", "128", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_backbones, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    code = main(["train", "--data", "embedded", "--epochs", "2", "--max-batches", "3", "--out", str(out)]
+                + tiny_flags(tiny_backbones["bert"]))
+    assert code == 0
+    return out
+
+
+def test_train_writes_every_output(trained_run, capsys):
+    out = trained_run
+    for name in ("metrics.json", "log.jsonl", "config.json", *PLOTS,
+                 "checkpoint/best/model.safetensors", "checkpoint/best/meta.json",
+                 "checkpoint/last/model.safetensors", "checkpoint/last/meta.json",
+                 "checkpoint/last/trainer_state.pt"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["protocol"] == "standard" and summary["seq_len"] == 12 and summary["zeros_missing"]
+    assert set(summary["test"]) == {"model", "last_value", "seasonal_average", "linear", "model_beats"}
+    assert set(summary["test"]["model"]) == {"all", "h3", "h6", "h12"}
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and all(r["samples_per_s"] > 0 for r in log)
+    # the frozen backbone is not copied into the checkpoint, LoRA adapters are
+    from safetensors.torch import load_file
+
+    keys = load_file(str(out / "checkpoint/best/model.safetensors"))
+    assert any("lora_B" in k for k in keys) and not any(k.endswith("word_embeddings.weight") for k in keys)
+
+
+def test_evaluate_reproduces_the_test_metrics(trained_run, capsys):
+    summary = json.loads((trained_run / "metrics.json").read_text())
+    result = evaluate(trained_run)
+    for name in ("model", "last_value", "linear"):
+        assert result[name]["all"]["mae"] == pytest.approx(summary["test"][name]["all"]["mae"], rel=1e-5)
+    assert main(["evaluate", "--checkpoint", str(trained_run)]) == 0
+    table = capsys.readouterr().out
+    assert "seasonal_average" in table and "h12" in table
+
+
+def test_predict_forecasts_after_the_end(trained_run, tmp_path, capsys):
+    target = tmp_path / "forecast.npz"
+    assert main(["predict", "--checkpoint", str(trained_run), "--data", "embedded", "--out", str(target)]) == 0
+    with np.load(target) as z:
+        assert z["forecast"].shape == (12, 207) and np.isfinite(z["forecast"]).all()
+        assert str(z["forecast_timestamps"][0]) == "2012-03-08T00:00:00"
+    assert main(["predict", "--checkpoint", str(trained_run), "--data", "embedded", "--out",
+                 str(tmp_path / "all.npz"), "--all-windows"]) == 0
+    with np.load(tmp_path / "all.npz") as z:
+        assert z["window_forecasts"].shape == (2016 - 12 + 1, 12, 207)
+        np.testing.assert_allclose(z["window_forecasts"][-1], z["forecast"], rtol=1e-5)
+
+
+def test_from_checkpoint(trained_run):
+    model = STHSepNet.from_checkpoint(trained_run)
+    assert model.config.num_nodes == 207 and model(torch.zeros(2, 12, 207)).shape == (2, 12, 207)
+
+
+def test_refusals(trained_run, tiny_backbones, tmp_path, capsys):
+    flags = tiny_flags(tiny_backbones["bert"])
+    assert main(["train", "--data", "embedded", "--out", str(trained_run)] + flags) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--data", "embedded", "--out", str(trained_run), "--resume", "--epochs", "3",
+                 "--max-batches", "3"] + flags + ["--hyper-k", "2"]) == 2
+    assert "different model config (fields ['hyper_k'])" in capsys.readouterr().err
+    other = tmp_path / "other.npz"
+    np.savez(other, data=np.random.default_rng(0).random((300, 5)).astype(np.float32))
+    assert main(["evaluate", "--checkpoint", str(trained_run), "--data", str(other)]) == 2
+    assert "the checkpoint is for N=207" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path)]) == 2
+    assert "no checkpoint here" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "r")] + flags) == 2
+    assert "missing.npz: file not found" in capsys.readouterr().err
+
+
+def test_flags_are_the_config_fields(capsys):
+    import dataclasses
+
+    from sthfast import STHSepNetConfig
+    from sthfast.cli import build_parser
+    from sthfast.training import DATA_FIELDS
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train_parser._actions}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields |= {f.name for f in dataclasses.fields(STHSepNetConfig)} - set(DATA_FIELDS)
+    assert fields <= dests
+    help_text = train_parser.format_help()
+    assert "--hyper-k" in help_text and "nearest neighbours" in help_text
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_backbones, tmp_path):
+    flags = ["-m", "sthfast.cli", "train", "--data", "embedded", "--epochs", "3", "--max-batches", "12",
+             "--no-plots"] + tiny_flags(tiny_backbones["bert"])
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    subprocess.run([sys.executable, *flags, "--out", str(whole)], check=True, env=env, capture_output=True)
+
+    process = subprocess.Popen([sys.executable, *flags, "--out", str(broken)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = broken / "checkpoint" / "last" / "meta.json"
+    deadline = time.time() + 300
+    while not meta.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed mid-way"
+    process.send_signal(signal.SIGKILL)        # during epoch 2: the last checkpoint is epoch 1
+    process.wait()
+    assert json.loads(meta.read_text())["epoch"] == 1 and not (broken / "metrics.json").exists()
+    subprocess.run([sys.executable, *flags, "--out", str(broken), "--resume"], check=True, env=env,
+                   capture_output=True)
+
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, broken))
+    assert a["test"] == b["test"]
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("train_seconds", "samples_per_s")} for r in h]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"])
+
+
+def test_python_api_train(tiny_backbones, tmp_path):
+    tc = TrainConfig(data="embedded", protocol="standard", epochs=1, max_batches=1, batch_size=4,
+                     out=str(tmp_path / "api"), plots=False, threads=1)
+    summary = train(tc, backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
+                    skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only")
+    assert summary["epochs_run"] == 1 and Path(tc.out, "metrics.json").is_file()
+    with pytest.raises(ValueError, match=r"\['num_nodes'\] are read from the data"):
+        train(TrainConfig(out=str(tmp_path / "x")), num_nodes=5)
