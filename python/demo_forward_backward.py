@@ -2,9 +2,9 @@
 
 Trains the default model (embedded MiniLM backbone with LoRA, adaptive hypergraph) for a few Adam
 steps on 48 -> 48 windows of the first 70 % of the week, then reports the validation MAE in mph
-beside the last-value baseline on the same windows. This is a smoke run of the whole model on real
-data, not the training job (that is `sthfast train`, a later issue): a few steps do not beat the
-baseline, and the demo says so.
+beside the last-value baseline on the same windows. It shows the model API on raw tensors; the
+training job with checkpoints, all baselines and plots is `sthfast train`. When a few steps do not
+beat the baseline, the demo says so.
 
     python python/demo_forward_backward.py --steps 20
 """
