@@ -62,7 +62,7 @@ class STHSepNetConfig:
     # --- spatial stream (MTGNN skeleton + adaptive hypergraph) -------------------------------
     node_emb_dim: int = _f(40, "Dimension d of the learned node embeddings (graph, hypergraph, node-wise gate).")
     hyper_k: int = _f(3, "Each node and its hyper_k - 1 nearest neighbours in embedding space form one hyperedge (the node itself included). Must be <= num_nodes.")
-    hyper_temperature: float = _f(1.0, "Temperature of the membership softmax over -squared distance (adaptive / dynamic hypergraph).")
+    hyper_temperature: float = _f(1.0, "Temperature of the membership softmax over minus the mean squared distance per embedding dimension (adaptive / dynamic hypergraph).")
     subgraph_size: int = _f(20, "Neighbours kept per row of the first-order adaptive graph (capped at num_nodes).")
     tanh_alpha: float = _f(3.0, "Saturation rate alpha of the tanh in the graph and hypergraph constructors.")
     conv_channels: int = _f(32, "Channels of the dilated inception convolutions (a multiple of 4).")

@@ -122,12 +122,10 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     return diff.square().sum() / valid.sum().clamp_min(1)
 
 
-def load_data(tc: TrainConfig, seq_len: int, pred_len: int, target_feature: int = 0) -> SplitData:
-    """Read the series (and adjacency) named by ``tc`` and prepare the protocol's windows."""
-    series = load_series(tc.data, key=tc.data_key, features=tc.feature_list(), zeros_missing=tc.missing_zeros())
-    if tc.adjacency:
-        series.adjacency = load_adjacency(tc.adjacency, series.num_nodes)
-    return prepare(series, seq_len, pred_len, tc.split_fractions(), target_feature)
+def read_series(tc: TrainConfig, data: str | None = None) -> SensorSeries:
+    """The series named by ``tc`` (or the series file ``data``), read as ``tc`` says."""
+    return load_series(data or tc.data, key=tc.data_key, features=tc.feature_list(),
+                       zeros_missing=tc.missing_zeros())
 
 
 def model_config(series: SensorSeries, tc: TrainConfig, overrides: dict[str, Any]) -> STHSepNetConfig:
@@ -202,9 +200,11 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    probe = load_series(tc.data, key=tc.data_key, features=tc.feature_list(), zeros_missing=tc.missing_zeros())
-    config = model_config(probe, tc, model_overrides)
-    data = load_data(tc, config.seq_len, config.pred_len, config.target_feature)
+    series = read_series(tc)
+    if tc.adjacency:
+        series.adjacency = load_adjacency(tc.adjacency, series.num_nodes)
+    config = model_config(series, tc, model_overrides)
+    data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature)
     zeros_missing, horizons = tc.missing_zeros(), PROTOCOLS[tc.protocol]["horizons"]
     device = resolve_device(tc.device)
 
@@ -330,7 +330,8 @@ def _data_for_checkpoint(meta: dict, data: str | None) -> tuple[SplitData, Train
     """The checkpoint's data (or ``data``), scaled with the checkpoint's scaler."""
     tc = TrainConfig(**dict(meta["train_config"], **({"data": data} if data else {})))
     config = STHSepNetConfig.from_dict(meta["config"])
-    split = load_data(tc, config.seq_len, config.pred_len, meta["target_feature"])
+    split = prepare(read_series(tc), config.seq_len, config.pred_len, tc.split_fractions(),
+                    meta["target_feature"])
     if split.series.num_nodes != config.num_nodes or split.series.values.shape[2] != config.in_features:
         raise ckpt.CheckpointError(f"the checkpoint is for N={config.num_nodes}, F={config.in_features}; "
                                    f"{split.series.source} has N={split.series.num_nodes}, "
@@ -362,8 +363,7 @@ def predict(checkpoint: str | Path, data: str, out: str | Path, device: str = "a
     every window of it); written to ``out`` (``.npz``) and returned."""
     model, meta = load_checkpoint(checkpoint)
     config = model.config
-    tc = TrainConfig(**meta["train_config"])
-    series = load_series(data, key=tc.data_key, features=tc.feature_list(), zeros_missing=tc.missing_zeros())
+    series = read_series(TrainConfig(**meta["train_config"]), data)
     if (series.num_nodes, series.values.shape[2]) != (config.num_nodes, config.in_features):
         raise ckpt.CheckpointError(f"the checkpoint is for N={config.num_nodes}, F={config.in_features}; "
                                    f"{data} has N={series.num_nodes}, F={series.values.shape[2]}")

@@ -210,3 +210,9 @@ def test_gradcheck_propagations_and_mixprop():
     assert gradcheck(ref.hypergraph_propagate, (x, hb))
     assert gradcheck(ref.graph_propagate, (x, a))
     assert gradcheck(lambda t, w: ref.mixprop(t, lambda v: ref.hypergraph_propagate(v, w), 2, 0.1), (x, h))
+
+
+def test_membership_weights_do_not_collapse_onto_the_centre_in_high_dimension():
+    z = torch.tanh(3 * torch.randn(200, 40, generator=gen(23), dtype=D))   # like the model's features
+    h = ref.knn_hypergraph(z, 3)
+    assert 0.34 < float(torch.diagonal(h).mean()) < 0.8

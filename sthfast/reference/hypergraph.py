@@ -12,8 +12,10 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
     """Incidence of the hypergraph whose hyperedges are the nodes' k-nearest-neighbour sets.
 
     Hyperedge ``e`` is node ``e`` and its ``k - 1`` nearest other nodes in ``z`` (Euclidean, ties
-    to the smaller index; ``e`` itself always belongs, even among duplicate points). Membership weights are ``softmax(-|z_v - z_e|^2 / temperature)``
-    over the ``k`` members (differentiable in ``z``), or 1 when ``binary``. Hyperedges with the same
+    to the smaller index; ``e`` itself always belongs, even among duplicate points). Membership
+    weights are ``softmax(-|z_v - z_e|^2 / (d * temperature))`` over the ``k`` members (the mean
+    squared distance per feature, so that the softmax does not collapse onto the centre as ``d``
+    grows; differentiable in ``z``), or 1 when ``binary``. Hyperedges with the same
     node set are merged into the one with the smallest centre index, their weights averaged; the
     columns of the merged-away copies are zero.
 
@@ -29,7 +31,7 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
         members = torch.gather(z.unsqueeze(-3).expand(*idx.shape[:-1], *z.shape[-2:]), -2,
                                idx.unsqueeze(-1).expand(*idx.shape, z.shape[-1]))  # [..., N, k, d]
         dist2 = (members - z.unsqueeze(-2)).pow(2).sum(-1)          # [..., N, k]
-        weight = torch.softmax(-dist2 / temperature, dim=-1)
+        weight = torch.softmax(-dist2 / (z.shape[-1] * temperature), dim=-1)
     member = torch.zeros(*idx.shape[:-1], z.shape[-2], dtype=z.dtype, device=z.device)
     member = member.scatter(-1, idx, weight)                        # [..., e, v]
     node_set = idx.sort(dim=-1).values                              # [..., N, k]
