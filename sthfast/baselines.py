@@ -10,6 +10,7 @@ from torch import Tensor
 from .data.windows import SplitData
 
 BASELINES = ("last_value", "seasonal_average", "linear")
+DEFAULT_STEPS_PER_DAY = 288
 
 
 class LastValue:
@@ -26,10 +27,11 @@ class LastValue:
 
 class SeasonalAverage:
     """Mean of the training split at the same time of day and weekday; where that slot never occurs
-    in training, the same time of day; else the node's training mean. Without timestamps, slots are
-    the step index modulo ``steps_per_day`` (no weekday)."""
+    in training, the same time of day; else the node's training mean. Without timestamps, the time of
+    day is the step index modulo ``steps_per_day`` (default 288, i.e. 5-minute data) and the weekday
+    the day index modulo 7."""
 
-    def __init__(self, data: SplitData, steps_per_day: int = 288):
+    def __init__(self, data: SplitData, steps_per_day: int | None = None):
         series = data.series
         values = series.values[:, :, data.target_feature].astype(np.float64)   # [T, N]
         n_train = data.boundaries[0]
@@ -40,7 +42,8 @@ class SeasonalAverage:
             day_slot = (seconds % 86400) // interval
             weekday = ((seconds // 86400) + 3) % 7                          # 1970-01-01 was a Thursday
         else:
-            day_slot, weekday = steps % steps_per_day, np.zeros_like(steps)
+            per_day = steps_per_day or DEFAULT_STEPS_PER_DAY
+            day_slot, weekday = steps % per_day, (steps // per_day) % 7
         per_day = int(day_slot.max()) + 1
         week_slot = weekday * per_day + day_slot
         node_mean = np.nanmean(values[:n_train], axis=0)
@@ -70,7 +73,7 @@ class LinearBaseline:
     """Ridge regression from a node's ``seq_len`` scaled inputs to its ``pred_len`` scaled targets,
     shared by all nodes, fitted in closed form on every training window."""
 
-    def __init__(self, data: SplitData, ridge: float = 1e-3, zeros_missing: bool = False):
+    def __init__(self, data: SplitData, ridge: float = 1e-3):
         self.mean, self.std = data.target_scale()
         self.feature = data.target_feature
         train = data.train
@@ -80,9 +83,7 @@ class LinearBaseline:
         for chunk in torch.arange(len(train)).split(256):
             x, y, _ = train.batch(chunk)
             inputs, targets = self._design(x), ((y - self.mean) / self.std).permute(0, 2, 1)
-            rows_ok = torch.isfinite(targets).all(-1)
-            if zeros_missing:
-                rows_ok &= (y != 0).all(1)
+            rows_ok = torch.isfinite(targets).all(-1)   # missing targets (NaN) leave their row out
             a = inputs[rows_ok].double()
             gram += a.T @ a
             cross += a.T @ targets[rows_ok].double()
@@ -98,7 +99,7 @@ class LinearBaseline:
         return pred * self.std + self.mean
 
 
-def fit_baselines(data: SplitData, zeros_missing: bool) -> dict:
-    """The three baselines fitted on ``data``'s training split."""
-    return {"last_value": LastValue(data), "seasonal_average": SeasonalAverage(data),
-            "linear": LinearBaseline(data, zeros_missing=zeros_missing)}
+def fit_baselines(data: SplitData, steps_per_day: int | None = None) -> dict:
+    """The three baselines fitted on ``data``'s training split (missing values are NaN there)."""
+    return {"last_value": LastValue(data), "seasonal_average": SeasonalAverage(data, steps_per_day),
+            "linear": LinearBaseline(data)}

@@ -1,11 +1,12 @@
 """Checkpoints: weights in safetensors, metadata in JSON, trainer state loadable with
-``weights_only=True``; every file written atomically, the manifest last.
+``weights_only=True``; nothing in a checkpoint can execute code when it is loaded.
 
-A checkpoint folder holds ``model.safetensors`` (every parameter and buffer except the frozen
-backbone weights, which are re-read from the backbone folder), optionally ``trainer_state.pt``
-(optimizer, scheduler, RNG, history), and ``meta.json`` (config, scaler, data fingerprint, epoch,
-and the SHA-256 of the other files). ``meta.json`` is replaced last, so a crash leaves either the
-old checkpoint or the new one, and a mismatch between files is detected on load.
+A checkpoint folder holds ``model-<tag>.safetensors`` (every parameter and buffer except the frozen
+backbone weights, which are re-read from the backbone folder), optionally ``trainer_state-<tag>.pt``
+(optimizer, scheduler, RNG, progress), and ``meta.json`` (config, scaler, data fingerprint, epoch,
+the names and SHA-256 of the other files). Each save writes files under a fresh tag, each atomically
+(temporary file + ``os.replace``), then replaces ``meta.json``, then deletes the files of older tags:
+a crash at any point leaves ``meta.json`` naming a complete, consistent set.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import STHSepNetConfig
+from .nn.backbone import backbone_fingerprint
 
-WEIGHTS, STATE, META = "model.safetensors", "trainer_state.pt", "meta.json"
+META = "meta.json"
 FORMAT_VERSION = 1
 
 
@@ -64,15 +67,20 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(folder: str | Path, model, meta: dict[str, Any], trainer_state: dict | None = None) -> None:
-    """Write a checkpoint folder atomically (see the module docstring)."""
+    """Write a checkpoint folder crash-safely (see the module docstring)."""
     folder = Path(folder)
-    atomic_write(folder / WEIGHTS, lambda tmp: save_file(trainable_state(model), str(tmp)))
-    files = {WEIGHTS: _sha256(folder / WEIGHTS)}
+    tag = uuid.uuid4().hex[:12]
+    files = {"weights": f"model-{tag}.safetensors"}
+    atomic_write(folder / files["weights"], lambda tmp: save_file(trainable_state(model), str(tmp)))
     if trainer_state is not None:
-        atomic_write(folder / STATE, lambda tmp: torch.save(trainer_state, tmp))
-        files[STATE] = _sha256(folder / STATE)
-    record = dict(meta, format_version=FORMAT_VERSION, config=model.config.to_dict(), files=files)
+        files["trainer_state"] = f"trainer_state-{tag}.pt"
+        atomic_write(folder / files["trainer_state"], lambda tmp: torch.save(trainer_state, tmp))
+    record = dict(meta, format_version=FORMAT_VERSION, config=model.config.to_dict(), files=files,
+                  sha256={name: _sha256(folder / name) for name in files.values()})
     atomic_write_text(folder / META, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    for stale in folder.iterdir():  # older tags, and temporary files of an interrupted save
+        if stale.name not in files.values() and stale.name != META:
+            stale.unlink()
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -86,9 +94,9 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder / META}: damaged ({err})") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{folder}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
-    for name, digest in meta.get("files", {}).items():
+    for name, digest in meta.get("sha256", {}).items():
         if not (folder / name).is_file() or _sha256(folder / name) != digest:
-            raise CheckpointError(f"{folder / name}: missing or does not match {META} (interrupted write?)")
+            raise CheckpointError(f"{folder / name}: missing or does not match {META} (changed by hand?)")
     return meta
 
 
@@ -97,20 +105,20 @@ def load_model(folder: str | Path, model_class):
     from the files: safetensors and JSON only). Returns ``(model, meta)``."""
     meta = read_meta(folder)
     config = STHSepNetConfig.from_dict(meta["config"])
-    model = model_class(config, adjacency=_static_adjacency(config, folder))
-    load_weights(model, folder)
+    if config.uses_llm and meta.get("backbone_fingerprint") != backbone_fingerprint(config.backbone):
+        raise CheckpointError(f"{folder}: the backbone at {config.backbone!r} is not the one this "
+                              "checkpoint was trained with (config or weight files differ)")
+    weights = load_file(str(Path(folder) / meta["files"]["weights"]))
+    static = weights["spatial.static_adjacency"] if config.graph == "static" and config.uses_spatial else None
+    model = model_class(config, adjacency=static)
+    load_weights(model, folder, meta, weights)
     return model, meta
 
 
-def _static_adjacency(config: STHSepNetConfig, folder: str | Path):
-    if config.graph != "static":
-        return None
-    return load_file(str(Path(folder) / WEIGHTS))["spatial.static_adjacency"]
-
-
-def load_weights(model, folder: str | Path) -> None:
-    """Load ``model.safetensors`` into ``model``; every saved and every expected key must match."""
-    weights = load_file(str(Path(folder) / WEIGHTS))
+def load_weights(model, folder: str | Path, meta: dict | None = None, weights: dict | None = None) -> None:
+    """Load the checkpoint's weights into ``model``; every saved and every expected key must match."""
+    meta = meta or read_meta(folder)
+    weights = weights if weights is not None else load_file(str(Path(folder) / meta["files"]["weights"]))
     expected = set(trainable_state(model))
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
@@ -124,9 +132,9 @@ def load_weights(model, folder: str | Path) -> None:
     model.load_state_dict(weights, strict=False)
 
 
-def load_trainer_state(folder: str | Path) -> dict:
+def load_trainer_state(folder: str | Path, meta: dict) -> dict:
     """The optimizer / scheduler / RNG state, read with ``weights_only=True``."""
-    path = Path(folder) / STATE
-    if not path.is_file():
+    name = meta["files"].get("trainer_state")
+    if name is None:
         raise CheckpointError(f"{folder}: no trainer state to resume from")
-    return torch.load(path, weights_only=True)
+    return torch.load(Path(folder) / name, weights_only=True)

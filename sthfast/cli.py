@@ -44,7 +44,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
         if f.name in skip:
             continue
         kind, optional = _base_type(hints[f.name])
-        default_text = f" (default: {f.default})"
+        # the formatter prints defaults of ordinary flags; model flags are suppressed, so say it here
+        default_text = f" (default: {f.default})" if suppress_defaults else ""
         kwargs: dict[str, Any] = {"help": f.metadata["help"] + default_text,
                                   "default": argparse.SUPPRESS if suppress_defaults else f.default}
         if f.metadata.get("choices"):

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from . import reference  # noqa: E402
+from .checkpoint import atomic_write  # noqa: E402
 
 PLOTS = ("forecast.png", "error_by_horizon.png", "training_curves.png", "hypergraph.png")
 MAX_HYPERGRAPH_NODES = 2000  # the picture uses the dense reference incidence
@@ -25,6 +26,11 @@ def write_plots(out: Path, model, data, test: dict, history: list[dict]) -> list
     _training_curves(paths[2], history)
     _hypergraph(paths[3], model)
     return paths
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
 
 
 def _forecast(path: Path, data, predictions: torch.Tensor) -> None:
@@ -45,8 +51,7 @@ def _forecast(path: Path, data, predictions: torch.Tensor) -> None:
     axes[0, 0].legend(loc="upper left", fontsize=8)
     axes[-1, 0].set_xlabel(f"steps from the forecast start (test window starting at step {start})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _error_by_horizon(path: Path, metrics: dict) -> None:
@@ -58,8 +63,7 @@ def _error_by_horizon(path: Path, metrics: dict) -> None:
     ax.set_ylabel("test MAE")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _training_curves(path: Path, history: list[dict]) -> None:
@@ -72,8 +76,7 @@ def _training_curves(path: Path, history: list[dict]) -> None:
     right.set_xlabel("epoch")
     right.set_ylabel("validation MAE")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _hypergraph(path: Path, model) -> None:
@@ -104,5 +107,4 @@ def _hypergraph(path: Path, model) -> None:
         right.set_title("membership weights")
         fig.colorbar(image, ax=right)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)

@@ -3,6 +3,7 @@ forecast; the CLI is a thin layer over :func:`train`, :func:`evaluate` and :func
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -18,10 +19,13 @@ from . import checkpoint as ckpt
 from .baselines import fit_baselines
 from .config import STHSepNetConfig
 from .data import load_adjacency, load_series, prepare
-from .data.formats import SensorSeries
+from .data.adjacency import WEIGHTINGS
+from .data.formats import EMBEDDED, SensorSeries
 from .data.windows import Scaler, SplitData, WindowDataset
 from .metrics import ForecastMetrics, valid_mask
 from .model import STHSepNet
+from .nn.backbone import EMBEDDED as EMBEDDED_BACKBONE
+from .nn.backbone import backbone_fingerprint
 
 PROTOCOLS = {
     # the paper: 48 -> 48, metrics on the original scale over the whole test set
@@ -45,6 +49,10 @@ class TrainConfig:
 
     data: str = _f("embedded", "Series file (.npz, .h5, .csv) or 'embedded' (LOS-LOOP, shipped with the package).")
     adjacency: str | None = _f(None, "Adjacency file (.npy, .npz, .csv matrix or from,to,cost edge list) for graph='static'; default: the data file's own 'adj' if it has one.")
+    adjacency_weighting: str = _f("binary", "Edge-list weights: 'binary', 'cost' (the third column as is) or 'gaussian' (exp(-(cost/std)^2)).", choices=WEIGHTINGS)
+    adjacency_ids: str | None = _f(None, "Text file of sensor ids in node order, for edge lists that name ids (default: a .txt beside the .csv, if any).")
+    csv_header: bool | None = _f(None, "Whether a .csv series starts with a header row (default: guessed).")
+    steps_per_day: int | None = _f(None, "Steps per day for the seasonal baseline when the data has no timestamps (default 288, i.e. 5-minute data).")
     data_key: str | None = _f(None, "Array (npz) or group (h5) holding the series, if not the default.")
     features: str | None = _f(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow only).")
     protocol: str = _f("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.", choices=tuple(PROTOCOLS))
@@ -78,6 +86,10 @@ class TrainConfig:
             raise ValueError(f"protocol={self.protocol!r} is not one of {list(PROTOCOLS)}")
         if not self.lr > 0 or self.clip < 0 or self.patience < 1:
             raise ValueError(f"lr={self.lr}, clip={self.clip}, patience={self.patience} out of range")
+        if self.adjacency_weighting not in WEIGHTINGS:
+            raise ValueError(f"adjacency_weighting={self.adjacency_weighting!r} is not one of {list(WEIGHTINGS)}")
+        if self.steps_per_day is not None and self.steps_per_day < 1:
+            raise ValueError(f"steps_per_day={self.steps_per_day} must be >= 1")
         self.split_fractions()
         self.milestone_epochs()
 
@@ -99,6 +111,17 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def with_absolute_paths(self) -> "TrainConfig":
+        """The same config with file paths made absolute, so a checkpoint works from any folder."""
+        paths = {name: str(Path(value).expanduser().resolve())
+                 for name in ("data", "adjacency", "adjacency_ids", "out")
+                 if (value := getattr(self, name)) and value != EMBEDDED}
+        return dataclasses.replace(self, **paths)
+
+
+# TrainConfig fields that may change between a run and its --resume (they do not change the result).
+RESUMABLE = ("epochs", "out", "resume", "device", "threads", "plots", "eval_batch_size")
+
 
 def _numbers(text: str, kind, name: str) -> list:
     try:
@@ -110,7 +133,10 @@ def _numbers(text: str, kind, name: str) -> list:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but no CUDA device is available")
     return device
@@ -125,7 +151,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
 def read_series(tc: TrainConfig, data: str | None = None) -> SensorSeries:
     """The series named by ``tc`` (or the series file ``data``), read as ``tc`` says."""
     return load_series(data or tc.data, key=tc.data_key, features=tc.feature_list(),
-                       zeros_missing=tc.missing_zeros())
+                       zeros_missing=tc.missing_zeros(), header=tc.csv_header)
 
 
 def model_config(series: SensorSeries, tc: TrainConfig, overrides: dict[str, Any]) -> STHSepNetConfig:
@@ -135,6 +161,8 @@ def model_config(series: SensorSeries, tc: TrainConfig, overrides: dict[str, Any
         raise ValueError(f"{given} are read from the data, not set by hand")
     values = dict(PROTOCOLS[tc.protocol]["model"])
     values.update(overrides)
+    if values.get("backbone", EMBEDDED_BACKBONE) != EMBEDDED_BACKBONE:
+        values["backbone"] = str(Path(values["backbone"]).expanduser().resolve())
     return STHSepNetConfig(num_nodes=series.num_nodes, in_features=series.values.shape[2], **values)
 
 
@@ -185,26 +213,34 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _checkpoint_meta(data: SplitData, tc: TrainConfig, epoch: int) -> dict[str, Any]:
-    return {"epoch": epoch, "scaler": data.scaler.to_dict(), "data_fingerprint": data.series.fingerprint(),
+def _run_meta(data: SplitData, tc: TrainConfig, config: STHSepNetConfig) -> dict[str, Any]:
+    """What every checkpoint of a run records besides its epoch (computed once per run)."""
+    return {"scaler": data.scaler.to_dict(), "data_fingerprint": data.series.fingerprint(),
             "data_source": data.series.source, "target_feature": data.target_feature,
-            "train_config": tc.to_dict()}
+            "train_config": tc.to_dict(),
+            "backbone_fingerprint": backbone_fingerprint(config.backbone) if config.uses_llm else None}
 
 
 def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     """Train, keep the best model by validation MAE, evaluate it on the test split beside the
     baselines, and write the run folder. Returns the test report (as in ``metrics.json``)."""
+    tc = tc.with_absolute_paths()
     out = Path(tc.out)
     last_dir, best_dir = out / "checkpoint" / "last", out / "checkpoint" / "best"
+    resuming = tc.resume and (last_dir / ckpt.META).exists()
     if not tc.resume and (last_dir / ckpt.META).exists():
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    if tc.resume and not resuming:
+        tqdm.write(f"{out} has no checkpoint yet (stopped during epoch 1?): starting from epoch 1")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     series = read_series(tc)
     if tc.adjacency:
-        series.adjacency = load_adjacency(tc.adjacency, series.num_nodes)
+        series.adjacency = load_adjacency(tc.adjacency, series.num_nodes, ids=tc.adjacency_ids,
+                                          weighting=tc.adjacency_weighting)
     config = model_config(series, tc, model_overrides)
     data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature)
+    run_meta = _run_meta(data, tc, config)
     zeros_missing, horizons = tc.missing_zeros(), PROTOCOLS[tc.protocol]["horizons"]
     device = resolve_device(tc.device)
 
@@ -219,8 +255,8 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc.milestone_epochs(), tc.lr_gamma)
     progress = {"epoch": 0, "best_val_mae": math.inf, "bad_epochs": 0, "history": []}
-    if tc.resume:
-        progress = _resume(last_dir, model, optimizer, scheduler, data, config)
+    if resuming:
+        progress = _resume(last_dir, model, optimizer, scheduler, run_meta, config)
     model.to(device)
     for state in optimizer.state.values():
         for key, value in state.items():
@@ -255,6 +291,9 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
         scheduler.step()
         val = evaluate_windows(model, data.val, data, zeros_missing, tc.eval_batch_size, device)
         val_result = val["metrics"]["model"].result()["all"]
+        if not math.isfinite(val_result["mae"]):
+            raise ValueError(f"validation MAE is {val_result['mae']} after epoch {epoch + 1}: training "
+                             "diverged (lower --lr, keep --clip) or the validation split has no valid target")
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_mae": val_result["mae"],
                   "val_rmse": val_result["rmse"], "val_mape": val_result["mape"],
                   "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
@@ -263,20 +302,20 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
         progress["epoch"] = epoch + 1
         if val_result["mae"] < progress["best_val_mae"]:
             progress["best_val_mae"], progress["bad_epochs"] = val_result["mae"], 0
-            ckpt.save(best_dir, model, _checkpoint_meta(data, tc, epoch + 1))
+            ckpt.save(best_dir, model, dict(run_meta, epoch=epoch + 1))
         else:
             progress["bad_epochs"] += 1
         trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "torch_rng": torch.get_rng_state(), "progress": progress}
         if torch.cuda.is_available():
             trainer_state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        ckpt.save(last_dir, model, _checkpoint_meta(data, tc, epoch + 1), trainer_state)
+        ckpt.save(last_dir, model, dict(run_meta, epoch=epoch + 1), trainer_state)
         ckpt.atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["history"]))
         tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val MAE {record['val_mae']:.3f}, "
                    f"{record['samples_per_s']:.1f} samples/s")
 
-    ckpt.load_weights(model, best_dir)
-    baselines = fit_baselines(data, zeros_missing)
+    ckpt.load_weights(model, best_dir)   # checks meta.json's SHA-256 first
+    baselines = fit_baselines(data, tc.steps_per_day)
     test = evaluate_windows(model, data.test, data, zeros_missing, tc.eval_batch_size, device, baselines,
                             keep_predictions=tc.plots)
     result = report(test["metrics"], horizons)
@@ -298,23 +337,33 @@ def _best_epoch(progress: dict) -> int:
     return min(history, key=lambda r: r["val_mae"])["epoch"] if history else 0
 
 
-def _resume(last_dir: Path, model, optimizer, scheduler, data: SplitData, config: STHSepNetConfig) -> dict:
+def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config: STHSepNetConfig) -> dict:
     meta = ckpt.read_meta(last_dir)
     if meta["config"] != config.to_dict():
         changed = sorted(k for k in meta["config"] if meta["config"][k] != config.to_dict().get(k))
         raise ckpt.CheckpointError(f"{last_dir}: the checkpoint was trained with a different model config "
                                    f"(fields {changed}); resume with the same flags")
-    if meta["data_fingerprint"] != data.series.fingerprint():
+    saved, now = meta["train_config"], run_meta["train_config"]
+    changed = sorted(k for k in now if k not in RESUMABLE and saved.get(k) != now[k])
+    if changed:
+        raise ckpt.CheckpointError(f"{last_dir}: the run was started with other training settings "
+                                   f"(fields {changed}); only {list(RESUMABLE)} may change on --resume")
+    if meta["data_fingerprint"] != run_meta["data_fingerprint"]:
         raise ckpt.CheckpointError(f"{last_dir}: the checkpoint was trained on different data "
                                    f"({meta['data_source']}); resume on the same data")
-    ckpt.load_weights(model, last_dir)
-    state = ckpt.load_trainer_state(last_dir)
+    ckpt.load_weights(model, last_dir, meta)
+    state = ckpt.load_trainer_state(last_dir, meta)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["progress"]
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def load_checkpoint(folder: str | Path) -> tuple[STHSepNet, dict[str, Any]]:
@@ -326,34 +375,34 @@ def load_checkpoint(folder: str | Path) -> tuple[STHSepNet, dict[str, Any]]:
     return ckpt.load_model(folder, STHSepNet)
 
 
-def _data_for_checkpoint(meta: dict, data: str | None) -> tuple[SplitData, TrainConfig]:
-    """The checkpoint's data (or ``data``), scaled with the checkpoint's scaler."""
-    tc = TrainConfig(**dict(meta["train_config"], **({"data": data} if data else {})))
+def _series_for_checkpoint(meta: dict, data: str | None) -> tuple[SensorSeries, TrainConfig]:
+    """The checkpoint's own data (unchanged: its fingerprint is checked) or the series ``data``,
+    read as in training and of the checkpoint's N and F."""
+    tc = TrainConfig(**meta["train_config"])
+    series = read_series(tc, data)
     config = STHSepNetConfig.from_dict(meta["config"])
-    split = prepare(read_series(tc), config.seq_len, config.pred_len, tc.split_fractions(),
-                    meta["target_feature"])
-    if split.series.num_nodes != config.num_nodes or split.series.values.shape[2] != config.in_features:
+    if (series.num_nodes, series.values.shape[2]) != (config.num_nodes, config.in_features):
         raise ckpt.CheckpointError(f"the checkpoint is for N={config.num_nodes}, F={config.in_features}; "
-                                   f"{split.series.source} has N={split.series.num_nodes}, "
-                                   f"F={split.series.values.shape[2]}")
-    scaler = Scaler.from_dict(meta["scaler"])
-    scaled = np.nan_to_num(scaler.transform(split.series.values), nan=0.0).astype(np.float32)
-    split.scaler = scaler
-    for part in (split.train, split.val, split.test):
-        part.scaled = torch.from_numpy(scaled)
-    return split, tc
+                                   f"{series.source} has N={series.num_nodes}, F={series.values.shape[2]}")
+    if data is None and series.fingerprint() != meta["data_fingerprint"]:
+        raise ckpt.CheckpointError(f"{series.source} changed since the checkpoint was trained on it; "
+                                   "pass --data to evaluate on it anyway")
+    return series, tc
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, device: str = "auto",
              batch_size: int = 64) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split of its data (or of ``data``) beside the baselines."""
     model, meta = load_checkpoint(checkpoint)
-    split, tc = _data_for_checkpoint(meta, data)
+    series, tc = _series_for_checkpoint(meta, data)
+    config = model.config
+    split = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), meta["target_feature"],
+                    scaler=Scaler.from_dict(meta["scaler"]))
     dev = resolve_device(device)
     model.to(dev)
     zeros_missing = tc.missing_zeros()
     result = evaluate_windows(model, split.test, split, zeros_missing, batch_size, dev,
-                              fit_baselines(split, zeros_missing))
+                              fit_baselines(split, tc.steps_per_day))
     return report(result["metrics"], PROTOCOLS[tc.protocol]["horizons"])
 
 
@@ -363,10 +412,7 @@ def predict(checkpoint: str | Path, data: str, out: str | Path, device: str = "a
     every window of it); written to ``out`` (``.npz``) and returned."""
     model, meta = load_checkpoint(checkpoint)
     config = model.config
-    series = read_series(TrainConfig(**meta["train_config"]), data)
-    if (series.num_nodes, series.values.shape[2]) != (config.num_nodes, config.in_features):
-        raise ckpt.CheckpointError(f"the checkpoint is for N={config.num_nodes}, F={config.in_features}; "
-                                   f"{data} has N={series.num_nodes}, F={series.values.shape[2]}")
+    series, _ = _series_for_checkpoint(meta, data)
     if series.num_steps < config.seq_len:
         raise ValueError(f"{data}: {series.num_steps} steps, fewer than seq_len={config.seq_len}")
     scaler = Scaler.from_dict(meta["scaler"])
@@ -390,5 +436,5 @@ def predict(checkpoint: str | Path, data: str, out: str | Path, device: str = "a
         step = series.timestamps[-1] - series.timestamps[-2]
         result["forecast_timestamps"] = (series.timestamps[-1] + step * np.arange(1, config.pred_len + 1)).astype(str)
     out = Path(out)
-    ckpt.atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **result))
+    ckpt.atomic_write(out, lambda tmp: _savez(tmp, result))
     return result

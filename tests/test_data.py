@@ -634,3 +634,38 @@ def test_embedded_fingerprint():
     assert SensorSeries(values, "embedded").fingerprint() == a.fingerprint()
     # the shape is part of the fingerprint
     assert SensorSeries(a.values.reshape(2016, 1, 207), "x").fingerprint() != a.fingerprint()
+
+
+def test_csv_numeric_sensor_id_header_is_detected_or_stated(tmp_path):
+    path = tmp_path / "los_speed.csv"                       # T-GCN's layout: sensor ids, then speeds
+    path.write_text("773869,767541\n64.375,67.625\n62.667,68.556\n")
+    s = load_series(path)
+    assert s.values.shape == (2, 2, 1) and s.node_ids.tolist() == ["773869", "767541"]
+    counts = tmp_path / "counts.csv"                        # integer ids above integer counts
+    counts.write_text("101,102\n3,4\n5,6\n")
+    assert load_series(counts).values.shape == (3, 2, 1)
+    assert load_series(counts, header=True).values.shape == (2, 2, 1)
+    assert load_series(path, header=False).values.shape == (3, 2, 1)
+
+
+def test_unreadable_contents_name_the_file(tmp_path):
+    bad = tmp_path / "latin.csv"
+    bad.write_bytes("t\xe9mp,a\n1,2\n".encode("latin-1"))
+    _raises(bad, "cannot be read", load_series, bad)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, data=np.array([[1, "a"]], dtype=object))
+    _raises(objects, "objects.npz", load_series, objects)
+
+
+def test_a_node_unseen_in_training_is_an_error(tmp_path):
+    values = np.random.default_rng(0).random((100, 3)).astype(np.float32)
+    values[:80, 1] = np.nan                                 # node 1 only reports in val / test
+    series = load_series(_write_npz(tmp_path, values))
+    with pytest.raises(DataError, match=r"node\(s\) \[1\] have no valid reading in the training split"):
+        prepare(series, 4, 2)
+
+
+def _write_npz(tmp_path, values):
+    path = tmp_path / "unseen.npz"
+    np.savez(path, data=values)
+    return path

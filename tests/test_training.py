@@ -37,11 +37,16 @@ def trained_run(tiny_backbones, tmp_path_factory):
 
 def test_train_writes_every_output(trained_run, capsys):
     out = trained_run
-    for name in ("metrics.json", "log.jsonl", "config.json", *PLOTS,
-                 "checkpoint/best/model.safetensors", "checkpoint/best/meta.json",
-                 "checkpoint/last/model.safetensors", "checkpoint/last/meta.json",
-                 "checkpoint/last/trainer_state.pt"):
+    for name in ("metrics.json", "log.jsonl", "config.json", *PLOTS, "checkpoint/best/meta.json",
+                 "checkpoint/last/meta.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    best, last = (json.loads((out / f"checkpoint/{d}/meta.json").read_text()) for d in ("best", "last"))
+    assert set(best["files"]) == {"weights"} and set(last["files"]) == {"weights", "trainer_state"}
+    for d, meta in (("best", best), ("last", last)):
+        present = {p.name for p in (out / "checkpoint" / d).iterdir()}
+        assert present == {"meta.json", *meta["files"].values()}    # older generations are gone
+        assert Path(meta["train_config"]["data"]) == Path("embedded") and meta["backbone_fingerprint"]
+    assert last["files"]["weights"].endswith(".safetensors") and last["files"]["trainer_state"].endswith(".pt")
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["protocol"] == "standard" and summary["seq_len"] == 12 and summary["zeros_missing"]
     assert set(summary["test"]) == {"model", "last_value", "seasonal_average", "linear", "model_beats"}
@@ -51,7 +56,7 @@ def test_train_writes_every_output(trained_run, capsys):
     # the frozen backbone is not copied into the checkpoint, LoRA adapters are
     from safetensors.torch import load_file
 
-    keys = load_file(str(out / "checkpoint/best/model.safetensors"))
+    keys = load_file(str(out / "checkpoint/best" / best["files"]["weights"]))
     assert any("lora_B" in k for k in keys) and not any(k.endswith("word_embeddings.weight") for k in keys)
 
 
@@ -63,6 +68,19 @@ def test_evaluate_reproduces_the_test_metrics(trained_run, capsys):
     assert main(["evaluate", "--checkpoint", str(trained_run)]) == 0
     table = capsys.readouterr().out
     assert "seasonal_average" in table and "h12" in table
+
+
+def test_evaluate_uses_the_checkpoint_scaler(trained_run, tmp_path):
+    from sthfast.data import load_embedded
+
+    arrays = load_embedded()
+    changed = arrays["data"].copy()
+    changed[:1000] *= 2.0                       # the training part only: a refitted scaler would differ
+    other = tmp_path / "changed.npz"
+    np.savez(other, data=changed, timestamps=arrays["timestamps"])
+    same, moved = evaluate(trained_run), evaluate(trained_run, data=str(other))
+    assert moved["model"]["all"]["mae"] == pytest.approx(same["model"]["all"]["mae"], rel=1e-6)
+    assert moved["linear"]["all"]["mae"] != pytest.approx(same["linear"]["all"]["mae"], rel=1e-3)
 
 
 def test_predict_forecasts_after_the_end(trained_run, tmp_path, capsys):
@@ -96,6 +114,11 @@ def test_refusals(trained_run, tiny_backbones, tmp_path, capsys):
     assert "the checkpoint is for N=207" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path)]) == 2
     assert "no checkpoint here" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(trained_run), "--device", "gpu"]) == 2
+    assert "device='gpu' is not a device" in capsys.readouterr().err
+    assert main(["train", "--data", "embedded", "--out", str(trained_run), "--resume", "--max-batches", "3",
+                 "--lr", "0.5"] + flags) == 2
+    assert "other training settings (fields ['lr'])" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "r")] + flags) == 2
     assert "missing.npz: file not found" in capsys.readouterr().err
 
@@ -141,6 +164,54 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_backbone
     assert a["test"] == b["test"]
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("train_seconds", "samples_per_s")} for r in h]  # noqa: E731
     assert strip(a["history"]) == strip(b["history"])
+
+
+def _tiny_train(tiny_backbones, out, **train_fields):
+    tc = TrainConfig(data="embedded", protocol="standard", max_batches=1, batch_size=4, out=str(out),
+                     plots=False, threads=1, **train_fields)
+    return train(tc, backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
+                 skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only")
+
+
+def test_early_stopping_best_checkpoint_and_milestones(tiny_backbones, tmp_path, monkeypatch):
+    import sthfast.training as training
+    from sthfast.metrics import ForecastMetrics
+
+    scripted = iter([3.0, 2.0, 2.5, 2.6, 1.0])
+    real = training.evaluate_windows
+
+    def scripted_val(model, dataset, data, zeros_missing, batch_size, device, baselines=None, **kw):
+        if baselines is not None:                       # the final test evaluation is real
+            return real(model, dataset, data, zeros_missing, batch_size, device, baselines, **kw)
+        metrics = ForecastMetrics(dataset.pred_len)
+        metrics.update(torch.full((1, dataset.pred_len, 1), next(scripted)), torch.zeros(1, dataset.pred_len, 1))
+        return {"metrics": {"model": metrics}, "predictions": None}
+
+    monkeypatch.setattr(training, "evaluate_windows", scripted_val)
+    summary = _tiny_train(tiny_backbones, tmp_path / "es", epochs=5, patience=2, milestones="1,3",
+                          lr_gamma=0.5, lr=0.01)
+    assert summary["epochs_run"] == 4 and summary["best_epoch"] == 2   # two epochs worse than 2.0
+    assert json.loads((tmp_path / "es/checkpoint/best/meta.json").read_text())["epoch"] == 2
+    assert [r["lr"] for r in summary["history"]] == pytest.approx([0.005, 0.005, 0.0025, 0.0025])
+
+
+def test_diverged_training_is_a_clear_error(tiny_backbones, tmp_path, monkeypatch):
+    import sthfast.training as training
+
+    monkeypatch.setattr(training.ForecastMetrics, "result",
+                        lambda self, horizons=(): {"all": {"mae": float("nan"), "rmse": 0.0, "mape": 0.0}})
+    with pytest.raises(ValueError, match="validation MAE is nan after epoch 1: training diverged"):
+        _tiny_train(tiny_backbones, tmp_path / "nan", epochs=1)
+
+
+def test_masked_mse_ignores_missing_targets():
+    from sthfast.metrics import valid_mask
+    from sthfast.training import masked_mse
+
+    pred = torch.tensor([[1.0, 2.0, 3.0]])
+    target = torch.tensor([[2.0, float("nan"), 0.0]])
+    assert masked_mse(pred, target, valid_mask(target, False)).item() == pytest.approx((1 + 9) / 2)
+    assert masked_mse(pred, target, valid_mask(target, True)).item() == pytest.approx(1.0)
 
 
 def test_python_api_train(tiny_backbones, tmp_path):

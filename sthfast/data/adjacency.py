@@ -75,6 +75,9 @@ def _read_csv_adjacency(file: Path, num_nodes: int, ids, weighting: str) -> np.n
             return np.array([[float(c) for c in row] for row in rows], dtype=np.float64)
         except ValueError as err:
             raise DataError(f"{file}: neither a numeric matrix nor a from,to[,cost] edge list ({err})") from None
+    widths = {len(row) for row in rows[1:]}
+    if len(widths) > 1 or (widths and min(widths) < 2):
+        raise DataError(f"{file}: edge rows have {sorted(widths)} columns; expected from,to[,cost] on every row")
     try:
         edges = np.array([[float(c) for c in row[:3]] for row in rows[1:]], dtype=np.float64)
     except ValueError as err:

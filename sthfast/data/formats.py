@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ class SensorSeries:
 
 
 def load_series(path: str | Path, *, key: str | None = None, features: list[int] | None = None,
-                zeros_missing: bool = False) -> SensorSeries:
+                zeros_missing: bool = False, header: bool | None = None) -> SensorSeries:
     """Read a series file.
 
     Args:
@@ -63,6 +64,9 @@ def load_series(path: str | Path, *, key: str | None = None, features: list[int]
         features: feature channels to keep; default all, except ``PEMS0x.npz`` files whose 3
             channels (flow, occupancy, speed) default to flow only.
         zeros_missing: treat exact zeros as missing readings (METR-LA and PEMS-BAY mark gaps so).
+        header: CSV only: whether the first row names the columns. ``None`` guesses: a row with a
+            non-numeric cell, or a row of integers (sensor ids) above a row holding a fractional
+            reading, is a header. Say ``True`` for integer sensor ids above integer counts.
     """
     name = str(path)
     if name == EMBEDDED:
@@ -76,7 +80,12 @@ def load_series(path: str | Path, *, key: str | None = None, features: list[int]
         readers = {".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5, ".csv": _read_csv}
         if suffix not in readers:
             raise DataError(f"{file}: unknown format {suffix!r}; expected one of {sorted(readers)}")
-        series = readers[suffix](file, key=key)
+        try:
+            series = _read_csv(file, header) if suffix == ".csv" else readers[suffix](file, key=key)
+        except (UnicodeDecodeError, ValueError) as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(f"{file}: cannot be read as {suffix} ({err})") from None
     values = series.values
     if features is None and re.fullmatch(r"pems0\d", Path(name).stem.lower()) and values.shape[2] == 3:
         features = [0]
@@ -120,8 +129,11 @@ def _as_tnf(values: np.ndarray, source: str) -> np.ndarray:
 
 
 def _parse_times(raw: np.ndarray, source: str) -> np.ndarray:
+    raw = np.asarray(raw)
+    if not (raw.dtype.kind in "UOS" or np.issubdtype(raw.dtype, np.datetime64)):
+        raise DataError(f"{source}: timestamps must be ISO date-time strings or datetime64, got {raw.dtype}")
     try:
-        return np.asarray(raw).astype("datetime64[s]")
+        return raw.astype("datetime64[s]")
     except (ValueError, TypeError) as err:
         raise DataError(f"{source}: timestamps are not ISO date-times ({err})") from None
 
@@ -175,13 +187,16 @@ def _read_h5(file: Path, key: str | None) -> SensorSeries:
     return SensorSeries(values, source, times, None, ids)
 
 
-def _read_csv(file: Path, key: str | None) -> SensorSeries:
+def _read_csv(file: Path, has_header: bool | None) -> SensorSeries:
     source = str(file)
     with open(file, newline="") as handle:
         rows = [row for row in csv.reader(handle) if row]
     if not rows:
         raise DataError(f"{source}: empty file")
-    header = None if _data_row(rows[0]) else rows[0]
+    if has_header is None:
+        has_header = not _data_row(rows[0]) or (
+            len(rows) > 1 and _integer_row(rows[0]) and _data_row(rows[1]) and _has_fraction(rows[1]))
+    header = rows[0] if has_header else None
     body = rows[1:] if header else rows
     if not body:
         raise DataError(f"{source}: a header but no data rows")
@@ -212,6 +227,22 @@ def _numeric_row(row: list[str]) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _integer_row(row: list[str]) -> bool:
+    return all(c.strip().lstrip("-").isdigit() for c in row)
+
+
+def _has_fraction(row: list[str]) -> bool:
+    """A reading with a fractional part (64.375): a row of sensor ids has none."""
+    for cell in row:
+        try:
+            value = float(cell)
+        except ValueError:
+            continue
+        if math.isfinite(value) and value != int(value):
+            return True
+    return False
 
 
 def _is_time(text: str) -> bool:

@@ -84,11 +84,14 @@ class SplitData:
 
 
 def prepare(series: SensorSeries, seq_len: int, pred_len: int,
-            split: tuple[float, float, float] = (0.7, 0.1, 0.2), target_feature: int = 0) -> SplitData:
-    """Split chronologically, fit the scaler on the training steps, build the windows.
+            split: tuple[float, float, float] = (0.7, 0.1, 0.2), target_feature: int = 0,
+            scaler: Scaler | None = None) -> SplitData:
+    """Split chronologically, fit the scaler on the training steps (or use ``scaler``, e.g. a
+    checkpoint's), build the windows.
 
     A window belongs to the split that holds all of its ``pred_len`` targets; validation and test
-    inputs may reach back into the previous split (as BasicTS and the authors do).
+    inputs may reach back into the previous split (as BasicTS and the authors do). A node with no
+    valid reading in the training split is an error (it could be neither scaled nor learned).
     """
     if len(split) != 3 or min(split) < 0 or not np.isclose(sum(split), 1.0) or split[0] <= 0:
         raise DataError(f"{series.source}: split {split} must be three non-negative fractions summing to 1")
@@ -103,7 +106,15 @@ def prepare(series: SensorSeries, seq_len: int, pred_len: int,
         if hi < max(lo, 0):
             raise DataError(f"{series.source}: {steps} steps leave no {name} window of "
                             f"{seq_len} + {pred_len} steps with split {split}")
-    scaler = Scaler.fit(series.values[:first_val])
+    unseen = np.flatnonzero(np.isnan(series.values[:first_val]).all(axis=(0, 2)))
+    if unseen.size:
+        raise DataError(f"{series.source}: node(s) {unseen[:10].tolist()} have no valid reading in the "
+                        f"training split (steps 0..{first_val - 1})")
+    if scaler is None:
+        scaler = Scaler.fit(series.values[:first_val])
+    elif scaler.mean.shape != series.values.shape[1:]:
+        raise DataError(f"{series.source}: the scaler is for [N, F] = {list(scaler.mean.shape)}, "
+                        f"the data has {list(series.values.shape[1:])}")
     scaled = np.nan_to_num(scaler.transform(series.values), nan=0.0).astype(np.float32)
     scaled_t = torch.from_numpy(scaled)
     target = torch.from_numpy(np.ascontiguousarray(series.values[:, :, target_feature]))

@@ -7,6 +7,7 @@ Never downloads: ``"minilm"`` resolves to the all-MiniLM-L6-v2 weights that the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import warnings
@@ -42,6 +43,16 @@ def backbone_path(backbone: str) -> Path:
     if not (path / "config.json").is_file():
         raise ValueError(f"backbone folder {path} has no config.json: not a Hugging Face model folder")
     return path
+
+
+def backbone_fingerprint(backbone: str) -> str:
+    """SHA-256 of the backbone folder's ``config.json`` and the names and sizes of its weight files:
+    a checkpoint stores it, so that it is not loaded over different frozen weights."""
+    path = backbone_path(backbone)
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()
 
 
 @dataclass
