@@ -22,7 +22,7 @@ FUSIONS = (("gate", "STH-SepNet"), ("spatial_only", "spatial_only (no LLM)"),
 BASELINES = ("last_value", "seasonal_average", "linear")
 COMMANDS = {
     "standard": "sthfast train --data embedded --protocol standard --epochs 20 --patience 5 --fusion {fusion} --out runs/accuracy/standard-{fusion} --no-plots",
-    "paper": "sthfast train --data embedded --protocol paper --epochs 3 --fusion {fusion} --out runs/accuracy/paper-{fusion} --no-plots",
+    "paper": "sthfast train --data embedded --protocol paper --epochs 2 --fusion {fusion} --out runs/accuracy/paper-{fusion} --no-plots",
 }
 
 
