@@ -32,7 +32,7 @@ def help_field(default: Any, help: str, **kw: Any) -> Any:
 class STHSepNetConfig:
     """Hyper-parameters of STH-SepNet. Input ``X[B, seq_len, num_nodes, in_features]``,
     output ``Y[B, pred_len, num_nodes]``. Defaults follow the paper and the authors' scripts,
-    except where DESIGN.md §2 asks for a scalable or corrected default (node-wise gate,
+    except where a scalable or corrected default is needed (node-wise gate,
     trainable hypergraph memberships)."""
 
     # --- data shape -------------------------------------------------------------------------

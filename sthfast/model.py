@@ -1,5 +1,6 @@
 """`STHSepNet`: the temporal stream (pooled series through a LoRA-adapted LLM) and the spatial stream
-(adaptive graph + hypergraph MTGNN) fused by a learned gate. See DESIGN.md §2."""
+(adaptive graph + hypergraph MTGNN) fused by a learned gate; the README says where it departs from
+the authors' code."""
 
 from __future__ import annotations
 
