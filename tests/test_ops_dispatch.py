@@ -6,11 +6,11 @@ import torch
 from sthfast import backends, ops, reference
 
 
-def test_auto_resolves_to_reference_on_cpu_for_every_op():
+def test_auto_resolves_to_sparse_on_cpu_for_every_graph_op():
     assert set(ops.OPS) == {"pool_patch", "topk_neighbors", "knn_hypergraph", "hypergraph_mixprop",
-                            "adaptive_graph", "graph_mixprop"}
+                            "adaptive_graph", "graph_mixprop", "static_graph"}
     for op in ops.OPS:
-        assert ops.resolve(op, "auto", "cpu") == "reference"
+        assert ops.resolve(op, "auto", "cpu") == ("reference" if op == "pool_patch" else "sparse")
         assert ops.resolve(op, "reference", "cpu") == "reference"
 
 
@@ -40,18 +40,19 @@ def test_auto_prefers_a_registered_fast_path_only_where_it_runs(monkeypatch):
     torch.testing.assert_close(ops.pool_patch(x, 4, 2, backend="reference")[0], reference.pool_patch(x, 4, 2)[0])
 
 
-def test_dispatched_ops_equal_the_reference():
+def test_reference_backend_ops_equal_the_reference_functions():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 6, 4, generator=g)
     z = torch.randn(6, 5, generator=g)
-    h = ops.knn_hypergraph(z, 3)
+    ref = dict(backend="reference")
+    h = ops.knn_hypergraph(z, 3, **ref)
     torch.testing.assert_close(h, reference.knn_hypergraph(z, 3))
-    torch.testing.assert_close(ops.hypergraph_mixprop(x, h, 2, 0.05),
+    torch.testing.assert_close(ops.hypergraph_mixprop(x, h, 2, 0.05, **ref),
                                reference.mixprop(x, lambda v: reference.hypergraph_propagate(v, h), 2, 0.05))
-    a = ops.adaptive_graph(z, z.flip(0), 2, 3.0)
-    torch.testing.assert_close(ops.graph_mixprop(x, a, 2, 0.05, transpose=True),
+    a = ops.adaptive_graph(z, z.flip(0), 2, 3.0, **ref)
+    torch.testing.assert_close(ops.graph_mixprop(x, a, 2, 0.05, transpose=True, **ref),
                                reference.mixprop(x, lambda v: reference.graph_propagate(v, a.T), 2, 0.05))
-    assert torch.equal(ops.topk_neighbors(z, z, 2), reference.topk_neighbors(z, z, 2))
+    assert torch.equal(ops.topk_neighbors(z, z, 2, **ref), reference.topk_neighbors(z, z, 2))
 
 
 def test_every_backend_registers_both_ops_of_a_pair():

@@ -134,7 +134,8 @@ class SpatialStream(nn.Module):
         inp = x.permute(0, 3, 2, 1)                                    # [B, F, N, T]
         if inp.shape[-1] < self.window:
             inp = F.pad(inp, (self.window - inp.shape[-1], 0))
-        graph = self.static_adjacency if c.graph == "static" else (self.graph() if self.graph else None)
+        graph = (ops.static_graph(self.static_adjacency, backend=c.backend) if c.graph == "static"
+                 else (self.graph() if self.graph else None))
         hypergraph = self.hypergraph(inp) if self.hypergraph is not None else None
         h = self.start(inp)                                            # [B, C, N, T]
         skip = self.skip_in(F.dropout(inp, c.dropout, self.training))  # [B, S, N, 1]

@@ -18,10 +18,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import reference
+from .. import reference, sparse
 
 AUTO_ORDER = ("triton", "cuda", "cpp", "faiss", "sparse", "reference")
-PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"))
+PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
+         ("static_graph", "graph_mixprop"))
 BACKEND_NAMES = ("auto",) + AUTO_ORDER
 
 # op name -> backend name -> (implementation, supports(device) -> bool)
@@ -65,17 +66,31 @@ def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, e
     return _impl("pool_patch", backend, x.device)(x, patch_len, stride, normalize, eps)
 
 
+def _check_points(name: str, points: Tensor, k: int, count: int) -> None:
+    if points.dim() not in (2, 3):
+        raise ValueError(f"{name} must be [N, d] or [B, N, d], got shape {list(points.shape)}")
+    if not 1 <= k <= count:
+        raise ValueError(f"k={k} neighbours asked for among {count} points: need 1 <= k <= {count}")
+
+
 def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2", *,
                    backend: str = "auto") -> Tensor:
     """``query[..., N, d], key[..., M, d]`` -> indices ``[..., N, k]``, best first, ties to the
     smaller index; see :func:`sthfast.reference.topk_neighbors`."""
+    _check_points("query", query, k, key.shape[-2])
+    if key.shape[:-2] != query.shape[:-2] or key.shape[-1] != query.shape[-1]:
+        raise ValueError(f"key {list(key.shape)} does not match query {list(query.shape)}")
+    if metric not in reference.neighbors.METRICS:
+        raise ValueError(f"metric={metric!r} is not one of {list(reference.neighbors.METRICS)}")
     return _impl("topk_neighbors", backend, query.device)(query, key, k, metric)
 
 
 def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0, *,
                    backend: str = "auto"):
-    """Node features ``z[..., N, d]`` -> the merged KNN hypergraph (the reference returns the dense
-    incidence ``[..., N, N]``); see :func:`sthfast.reference.knn_hypergraph`."""
+    """Node features ``z[..., N, d]`` -> the merged KNN hypergraph: the reference returns the dense
+    incidence ``H [..., N, N]``, the other backends ``H^T`` as :class:`sthfast.sparse.SparseRows`;
+    see :func:`sthfast.reference.knn_hypergraph`."""
+    _check_points("z", z, k, z.shape[-2])
     return _impl("knn_hypergraph", backend, z.device)(z, k, binary, temperature)
 
 
@@ -87,8 +102,15 @@ def hypergraph_mixprop(x: Tensor, hypergraph, depth: int, beta: float, *,
 
 def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float, *, backend: str = "auto"):
     """Top-``k``-per-row adaptive graph from ``m1, m2 [N, d]`` (the reference returns dense
-    ``[N, N]``); see :func:`sthfast.reference.adaptive_graph`."""
+    ``[N, N]``, the other backends :class:`sthfast.sparse.SparseRows`); see
+    :func:`sthfast.reference.adaptive_graph`."""
+    _check_points("m1", m1, k, m1.shape[0])
     return _impl("adaptive_graph", backend, m1.device)(m1, m2, k, alpha)
+
+
+def static_graph(adjacency: Tensor, *, backend: str = "auto"):
+    """A fixed dense adjacency ``[N, N]`` in the form ``backend``'s ``graph_mixprop`` takes."""
+    return _impl("static_graph", backend, adjacency.device)(adjacency)
 
 
 def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = False, *,
@@ -113,7 +135,9 @@ for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", refere
                  ("knn_hypergraph", reference.knn_hypergraph),
                  ("hypergraph_mixprop", _reference_hypergraph_mixprop),
                  ("adaptive_graph", reference.adaptive_graph),
-                 ("graph_mixprop", _reference_graph_mixprop)):
+                 ("graph_mixprop", _reference_graph_mixprop), ("static_graph", lambda a: a)):
     register(_op, "reference", _fn)
+for _op, _fn in sparse.OPS.items():
+    register(_op, "sparse", _fn)
 
 OPS = tuple(_REGISTRY)

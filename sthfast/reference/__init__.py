@@ -4,12 +4,13 @@ They are the truth every fast path is tested against, and the runtime fallback o
 Shapes are documented per function; ``...`` is an optional leading batch dimension.
 """
 
-from .graph import adaptive_graph, graph_operator, graph_propagate
-from .hypergraph import apply_operator, hypergraph_operator, hypergraph_propagate, knn_hypergraph
+from .graph import adaptive_graph, adjacency_values, graph_operator, graph_propagate
+from .hypergraph import (apply_operator, hypergraph_operator, hypergraph_propagate, knn_hypergraph,
+                         membership_weights, safe_reciprocal)
 from .mixprop import mixprop
 from .neighbors import topk_neighbors
 from .pool_patch import pool_patch
 
-__all__ = ["adaptive_graph", "apply_operator", "graph_operator", "graph_propagate",
-           "hypergraph_operator", "hypergraph_propagate", "knn_hypergraph", "mixprop", "topk_neighbors",
-           "pool_patch"]
+__all__ = ["adaptive_graph", "adjacency_values", "apply_operator", "graph_operator", "graph_propagate",
+           "hypergraph_operator", "hypergraph_propagate", "knn_hypergraph", "membership_weights",
+           "mixprop", "safe_reciprocal", "topk_neighbors", "pool_patch"]

@@ -20,10 +20,17 @@ def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float) -> Tensor:
     Returns:
         dense ``[N, N]`` adjacency, zero outside the kept entries.
     """
-    score = m1 @ m2.T - m2 @ m1.T                                   # [N, N]
     idx = topk_neighbors(torch.cat([m1, -m2], -1), torch.cat([m2, m1], -1), k, metric="ip")  # [N, k]
-    values = torch.relu(torch.tanh(alpha * score.gather(-1, idx)))  # [N, k]
-    return torch.zeros_like(score).scatter(-1, idx, values)
+    n = m1.shape[0]
+    return m1.new_zeros(n, n).scatter(-1, idx, adjacency_values(m1, m2, idx, alpha))
+
+
+def adjacency_values(m1: Tensor, m2: Tensor, idx: Tensor, alpha: float) -> Tensor:
+    """``ReLU(tanh(alpha (m1_i . m2_j - m2_i . m1_j)))`` for the selected pairs ``(i, idx[i, :])``:
+    ``[N, k]``, recomputed from gathered embeddings in O(N k d) (differentiable). Shared by every
+    backend."""
+    score = ((m1.unsqueeze(1) * m2[idx]).sum(-1) - (m2.unsqueeze(1) * m1[idx]).sum(-1))  # [N, k]
+    return torch.relu(torch.tanh(alpha * score))
 
 
 def graph_operator(adjacency: Tensor) -> Tensor:

@@ -25,13 +25,7 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
         ``H``: ``[N, N]`` or ``[B, N, N]``; ``H[..., v, e]`` is the weight of node v in hyperedge e.
     """
     idx = topk_neighbors(z, z, k, metric="l2", self_first=True)     # [..., N, k]
-    if binary:
-        weight = torch.ones(idx.shape, dtype=z.dtype, device=z.device)
-    else:
-        members = torch.gather(z.unsqueeze(-3).expand(*idx.shape[:-1], *z.shape[-2:]), -2,
-                               idx.unsqueeze(-1).expand(*idx.shape, z.shape[-1]))  # [..., N, k, d]
-        dist2 = (members - z.unsqueeze(-2)).pow(2).sum(-1)          # [..., N, k]
-        weight = torch.softmax(-dist2 / (z.shape[-1] * temperature), dim=-1)
+    weight = membership_weights(z, idx, binary, temperature)        # [..., N, k]
     member = torch.zeros(*idx.shape[:-1], z.shape[-2], dtype=z.dtype, device=z.device)
     member = member.scatter(-1, idx, weight)                        # [..., e, v]
     node_set = idx.sort(dim=-1).values                              # [..., N, k]
@@ -43,14 +37,32 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
     return (merge @ member).transpose(-1, -2)                       # [..., v, e]
 
 
+def membership_weights(z: Tensor, idx: Tensor, binary: bool, temperature: float) -> Tensor:
+    """Weights of hyperedge e's members ``idx[..., e, :]``: ``softmax(-|z_v - z_e|^2 / (d T))`` over
+    the members (``[..., E, k]``), recomputed from gathered features in O(E k d) so that they are
+    differentiable in ``z``; all ones when ``binary``. Shared by every backend."""
+    if binary:
+        return torch.ones(idx.shape, dtype=z.dtype, device=z.device)
+    members = torch.gather(z.unsqueeze(-3).expand(*idx.shape[:-1], *z.shape[-2:]), -2,
+                           idx.unsqueeze(-1).expand(*idx.shape, z.shape[-1]))  # [..., E, k, d]
+    centres = z[..., :idx.shape[-2], :].unsqueeze(-2)               # hyperedge e is centred on node e
+    dist2 = (members - centres).pow(2).sum(-1)                      # [..., E, k]
+    return torch.softmax(-dist2 / (z.shape[-1] * temperature), dim=-1)
+
+
 def hypergraph_operator(incidence: Tensor) -> Tensor:
     """The dense propagation matrix ``P = D_v^-1 H D_e^-1 H^T``: ``[..., N, M] -> [..., N, N]``.
     Empty hyperedges contribute nothing; a node in no hyperedge gets a zero row."""
     deg_e = incidence.sum(-2)                                       # [..., M]
     deg_v = incidence.sum(-1)                                       # [..., N]
-    inv_e = torch.where(deg_e > 0, 1.0 / deg_e.clamp_min(1e-30), torch.zeros_like(deg_e))
-    inv_v = torch.where(deg_v > 0, 1.0 / deg_v.clamp_min(1e-30), torch.zeros_like(deg_v))
+    inv_e, inv_v = safe_reciprocal(deg_e), safe_reciprocal(deg_v)
     return (incidence * inv_v.unsqueeze(-1) * inv_e.unsqueeze(-2)) @ incidence.transpose(-1, -2)
+
+
+def safe_reciprocal(degree: Tensor) -> Tensor:
+    """``1 / degree`` where the degree is positive, 0 where it is 0 (empty hyperedges, isolated
+    nodes), with a finite gradient everywhere."""
+    return torch.where(degree > 0, 1.0 / degree.clamp_min(1e-30), torch.zeros_like(degree))
 
 
 def hypergraph_propagate(x: Tensor, incidence: Tensor) -> Tensor:

@@ -1,0 +1,74 @@
+"""The ``sparse`` backend: O(N k) structures and gathers, no ``N x N`` tensor anywhere.
+
+:func:`backend_ops` assembles the model's ops from two interchangeable pieces, a top-k search and a
+sparse-times-dense kernel pair, so that the ``triton`` backend (:mod:`sthfast.kernels`) reuses every
+structure builder and propagation here and swaps only those kernels. The ``sparse`` pieces are
+torch's own: the tiled search of :mod:`.neighbors`, CSR ``torch.sparse.mm`` and
+``torch.sparse.sampled_addmm`` (MKL / cuSPARSE, multi-threaded), so ``sparse`` runs on any device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from . import neighbors, propagate, structure
+from .spmm import define_spmm
+from .structure import SparseRows
+
+__all__ = ["SparseRows", "backend_ops", "spmm"]
+
+
+def _csr(row_ptr: Tensor, col: Tensor, val: Tensor, num_cols: int) -> Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": we test what we use
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(row_ptr, col, val, (row_ptr.shape[0] - 1, num_cols),
+                                       check_invariants=False)
+
+
+def _rows(row_ptr: Tensor, col: Tensor, val: Tensor, x: Tensor) -> Tensor:
+    if x.shape[1] == 0 or col.numel() == 0:
+        return x.new_zeros(row_ptr.shape[0] - 1, x.shape[1])
+    return _csr(row_ptr, col, val.to(x.dtype), x.shape[0]) @ x
+
+
+def _sampled(row_ptr: Tensor, row: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    if a.shape[1] == 0 or col.numel() == 0:
+        return a.new_zeros(col.shape[0])
+    pattern = _csr(row_ptr, col, a.new_zeros(col.shape[0]), b.shape[0])
+    return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
+
+
+spmm = define_spmm("sparse", _rows, _sampled)
+
+
+def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor]) -> dict[str, Callable]:
+    """The five structure / propagation ops of :mod:`sthfast.ops` built on ``spmm`` and ``topk``
+    (``topk(query, key, k, metric, self_first) -> [..., N, k]``)."""
+
+    def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float) -> SparseRows:
+        idx = topk(z, z, k, "l2", True)
+        return structure.merged_knn_hypergraph(z, idx, binary, temperature)
+
+    def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float) -> SparseRows:
+        idx = topk(torch.cat([m1, -m2], -1), torch.cat([m2, m1], -1), k, "ip", False)
+        return structure.from_ell(idx, reference.adjacency_values(m1, m2, idx, alpha), m1.shape[0])
+
+    def hypergraph_mixprop(x: Tensor, incidence_t: SparseRows, depth: int, beta: float) -> Tensor:
+        return propagate.hypergraph_mixprop(spmm, x, incidence_t, depth, beta)
+
+    def graph_mixprop(x: Tensor, adjacency: SparseRows, depth: int, beta: float,
+                      transpose: bool) -> Tensor:
+        return propagate.graph_mixprop(spmm, x, adjacency, depth, beta, transpose)
+
+    return dict(topk_neighbors=lambda q, key, k, metric: topk(q, key, k, metric, False),
+                knn_hypergraph=knn_hypergraph, adaptive_graph=adaptive_graph,
+                static_graph=structure.from_dense, hypergraph_mixprop=hypergraph_mixprop,
+                graph_mixprop=graph_mixprop)
+
+
+OPS = backend_ops(spmm, neighbors.topk_neighbors)

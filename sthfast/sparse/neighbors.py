@@ -1,0 +1,114 @@
+"""Exact top-k neighbour search in tiles: O(N k) memory, no ``N x M`` buffer.
+
+Two passes. A coarse pass scores query chunks against key tiles with one GEMM per tile
+(``|k|^2 - 2 q.k`` for L2, ``-q.k`` for inner product) and keeps a running top-``c`` candidates,
+``c = k + MARGIN``. An exact pass recomputes the candidates' scores elementwise from gathered
+vectors (so identical points score identically) and orders them by (score, index): ties go to the
+smaller index, as in the reference. A query whose candidate list could be incomplete (its ``c``-th
+and ``k``-th coarse scores closer than the GEMM's rounding error, e.g. many duplicate points) is
+recomputed exactly against every key, in chunks; this check costs one host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MARGIN = 4
+TILE_ELEMENTS = 1 << 22  # scores per coarse tile (16 MiB in float32)
+
+
+def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
+                   self_first: bool = False) -> Tensor:
+    """Same contract as :func:`sthfast.reference.topk_neighbors`: ``[..., N, k]`` int64."""
+    if query.dim() == 3:
+        return torch.stack([_topk(q, kk, k, metric, self_first) for q, kk in zip(query, key)]) \
+            if query.shape[0] else query.new_zeros(0, query.shape[1], k, dtype=torch.long)
+    return _topk(query, key, k, metric, self_first)
+
+
+@torch.no_grad()
+def _topk(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool) -> Tensor:
+    n, m = query.shape[0], key.shape[0]
+    c = min(m, k + MARGIN)
+    cand, coarse = _coarse_candidates(query, key, c, metric, self_first)   # [N, c] each
+    cand, exact = _order_exactly(query, key, cand, metric, self_first)
+    if c < m:
+        coarse = coarse.sort(dim=1).values
+        scale = (query.norm(dim=1) + key.norm(dim=1).max()).pow(2)
+        tol = 4 * query.shape[1] * torch.finfo(query.dtype).eps * scale
+        unsure = ((coarse[:, c - 1] - coarse[:, k - 1]) <= tol).nonzero().flatten()
+        if len(unsure):
+            cand[unsure] = _exact_rows(query, key, unsure, c, metric, self_first)
+    return cand[:, :k]
+
+
+def _coarse_candidates(query: Tensor, key: Tensor, c: int, metric: str,
+                       self_first: bool) -> tuple[Tensor, Tensor]:
+    """Running top-``c`` over key tiles (smaller is better): indices and coarse scores ``[N, c]``."""
+    n, m = query.shape[0], key.shape[0]
+    tile = min(m, max(c, 4096))
+    rows = max(1, TILE_ELEMENTS // tile)
+    key_norm = key.pow(2).sum(1) if metric == "l2" else None
+    best_i, best_v = [], []
+    for q0 in range(0, n, rows):
+        q = query[q0:q0 + rows]
+        run_v = run_i = None
+        for k0 in range(0, m, tile):
+            kt = key[k0:k0 + tile]
+            if metric == "l2":
+                score = torch.addmm(key_norm[k0:k0 + tile], q, kt.T, alpha=-2)
+            else:
+                score = -(q @ kt.T)
+            if self_first:
+                _mask_self(score, q0, k0)
+            v, i = score.topk(min(c, kt.shape[0]), dim=1, largest=False, sorted=False)
+            i = i + k0
+            if run_v is not None:
+                v, i = torch.cat([run_v, v], 1), torch.cat([run_i, i], 1)
+                v, pick = v.topk(c, dim=1, largest=False, sorted=False)
+                i = i.gather(1, pick)
+            run_v, run_i = v, i
+        best_v.append(run_v)
+        best_i.append(run_i)
+    return torch.cat(best_i), torch.cat(best_v)
+
+
+def _mask_self(score: Tensor, q0: int, k0: int) -> None:
+    """Set the score of each query against itself to -inf (in place) for a tile at ``(q0, k0)``."""
+    qs = torch.arange(q0, q0 + score.shape[0], device=score.device)
+    hit = (qs >= k0) & (qs < k0 + score.shape[1])
+    score[hit.nonzero().flatten(), qs[hit] - k0] = -torch.inf
+
+
+def _exact_scores(query: Tensor, keys: Tensor, metric: str) -> Tensor:
+    """``query [R, d]`` against ``keys [R, c, d]`` -> ``[R, c]``, elementwise (smaller is better)."""
+    if metric == "l2":
+        return (keys - query.unsqueeze(1)).pow(2).sum(-1)
+    return -(keys * query.unsqueeze(1)).sum(-1)
+
+
+def _order_exactly(query: Tensor, key: Tensor, cand: Tensor, metric: str, self_first: bool,
+                   rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Sort each row's candidates by (exact score, index); ``rows``: the queries' indices."""
+    cand = cand.sort(dim=1).values                                   # index order first ...
+    score = _exact_scores(query, key[cand], metric)
+    if self_first:
+        rows = torch.arange(len(cand), device=cand.device) if rows is None else rows
+        score = score.masked_fill(cand == rows.unsqueeze(1), -torch.inf)
+    order = torch.sort(score, dim=1, stable=True).indices            # ... so ties keep it
+    return cand.gather(1, order), score.gather(1, order)
+
+
+def _exact_rows(query: Tensor, key: Tensor, rows: Tensor, c: int, metric: str,
+                self_first: bool) -> Tensor:
+    """The exact top-``c`` of the queries ``rows`` against every key, in chunks: ``[len(rows), c]``."""
+    m, d = key.shape
+    chunk = max(1, TILE_ELEMENTS // (m * d))
+    every = torch.arange(m, device=key.device)
+    out = []
+    for r0 in range(0, len(rows), chunk):
+        r = rows[r0:r0 + chunk]
+        cand, _ = _order_exactly(query[r], key, every.expand(len(r), m), metric, self_first, r)
+        out.append(cand[:, :c])
+    return torch.cat(out)

@@ -1,0 +1,65 @@
+"""The one sparse primitive every propagation is built from: ``y = S x`` or ``y = S^T x``.
+
+:func:`define_spmm` registers it as a ``torch.library`` custom op (with ``register_fake`` and an
+autograd rule, so that it composes with ``torch.compile``) around two kernels a backend provides:
+
+* ``rows(row_ptr, col, val, x) -> y``: ``y[r] = sum_p val[p] x[col[p]]`` over row r's CSR segment;
+* ``sampled(row_ptr, row, col, a, b) -> [nnz]``: ``<a[row[p]], b[col[p]]>`` for every stored entry.
+
+The backward of ``S x`` is ``S^T g`` (the same op, transposed) for ``x`` and
+``sampled(g, x)`` for the values; of ``S^T x``, ``S g`` and ``sampled(x, g)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .structure import SparseRows
+
+RowsKernel = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+SampledKernel = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def define_spmm(backend: str, rows: RowsKernel, sampled: SampledKernel) -> Callable[..., Tensor]:
+    """Register ``sthfast::spmm_<backend>`` and return ``spmm(structure, x, transpose=False)``:
+    ``x [C, F] -> [R, F]`` (``[R, F] -> [C, F]`` when ``transpose``)."""
+
+    @torch.library.custom_op(f"sthfast::spmm_{backend}", mutates_args=())
+    def op(row_ptr: Tensor, col: Tensor, row: Tensor, col_ptr: Tensor, t_col: Tensor,
+           from_t: Tensor, val: Tensor, x: Tensor, transpose: bool) -> Tensor:
+        if transpose:
+            return rows(col_ptr, t_col, val[from_t], x)
+        return rows(row_ptr, col, val, x)
+
+    @op.register_fake
+    def _(row_ptr, col, row, col_ptr, t_col, from_t, val, x, transpose):
+        out_rows = (col_ptr if transpose else row_ptr).shape[0] - 1
+        return x.new_empty(out_rows, x.shape[1])
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:8])
+        ctx.transpose = inputs[8]
+
+    def backward(ctx, grad):
+        row_ptr, col, row, col_ptr, t_col, from_t, val, x = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_val = grad_x = None
+        if ctx.needs_input_grad[6]:
+            a, b = (x, grad) if ctx.transpose else (grad, x)
+            grad_val = sampled(row_ptr, row, col, a, b)
+        if ctx.needs_input_grad[7]:
+            grad_x = op(row_ptr, col, row, col_ptr, t_col, from_t, val, grad, not ctx.transpose)
+        return None, None, None, None, None, None, grad_val, grad_x, None
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+    def spmm(structure: SparseRows, x: Tensor, transpose: bool = False) -> Tensor:
+        s = structure
+        return op(s.row_ptr, s.col, s.row, s.col_ptr, s.t_col, s.from_t, s.val, x.contiguous(),
+                  transpose)
+
+    spmm.op = op
+    return spmm
