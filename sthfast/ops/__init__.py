@@ -1,5 +1,8 @@
 """The op dispatch point: the model calls only these functions; ``backend`` picks the implementation.
 
+A backend is a family of fast paths: naming one selects it for the ops it implements (an error
+where it cannot run on the tensors' device) and leaves the ops it does not implement to ``auto``.
+
 Each op has a reference implementation (:mod:`sthfast.reference`). Fast paths register themselves
 with :func:`register` under a backend name; ``backend="auto"`` takes the first registered backend in
 :data:`AUTO_ORDER` that supports the tensors' device, and the reference when none does, so ``auto``
@@ -45,10 +48,10 @@ def resolve(op: str, backend: str, device: torch.device | str) -> str:
     """The backend that runs ``op`` on ``device`` when asked for ``backend``."""
     device = torch.device(device)
     impls = _REGISTRY[op]
-    if backend == "auto":
-        return next(name for name in AUTO_ORDER if name in impls and impls[name][1](device))
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend={backend!r} is not one of {list(BACKEND_NAMES)}")
+    if backend == "auto" or backend not in impls:  # a backend that lacks the op leaves it to auto
+        return next(name for name in AUTO_ORDER if name in impls and impls[name][1](device))
     if backend not in impls or not impls[backend][1](device):
         usable = [name for name in AUTO_ORDER if name in impls and impls[name][1](device)]
         raise ValueError(f"backend {backend!r} cannot run {op} on {device}; usable here: {usable}")
@@ -66,9 +69,11 @@ def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, e
     return _impl("pool_patch", backend, x.device)(x, patch_len, stride, normalize, eps)
 
 
-def _check_points(name: str, points: Tensor, k: int, count: int) -> None:
+def _check_points(name: str, points: Tensor, k: int, keys: Tensor | None = None) -> None:
+    """``points`` is ``[N, d]`` / ``[B, N, d]`` and ``1 <= k <=`` the number of keys (default: points)."""
     if points.dim() not in (2, 3):
         raise ValueError(f"{name} must be [N, d] or [B, N, d], got shape {list(points.shape)}")
+    count = (points if keys is None else keys).shape[-2]
     if not 1 <= k <= count:
         raise ValueError(f"k={k} neighbours asked for among {count} points: need 1 <= k <= {count}")
 
@@ -77,7 +82,7 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2", *,
                    backend: str = "auto") -> Tensor:
     """``query[..., N, d], key[..., M, d]`` -> indices ``[..., N, k]``, best first, ties to the
     smaller index; see :func:`sthfast.reference.topk_neighbors`."""
-    _check_points("query", query, k, key.shape[-2])
+    _check_points("query", query, k, key)
     if key.shape[:-2] != query.shape[:-2] or key.shape[-1] != query.shape[-1]:
         raise ValueError(f"key {list(key.shape)} does not match query {list(query.shape)}")
     if metric not in reference.neighbors.METRICS:
@@ -90,7 +95,7 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
     """Node features ``z[..., N, d]`` -> the merged KNN hypergraph: the reference returns the dense
     incidence ``H [..., N, N]``, the other backends ``H^T`` as :class:`sthfast.sparse.SparseRows`;
     see :func:`sthfast.reference.knn_hypergraph`."""
-    _check_points("z", z, k, z.shape[-2])
+    _check_points("z", z, k)
     return _impl("knn_hypergraph", backend, z.device)(z, k, binary, temperature)
 
 
@@ -104,7 +109,7 @@ def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float, *, backend: str
     """Top-``k``-per-row adaptive graph from ``m1, m2 [N, d]`` (the reference returns dense
     ``[N, N]``, the other backends :class:`sthfast.sparse.SparseRows`); see
     :func:`sthfast.reference.adaptive_graph`."""
-    _check_points("m1", m1, k, m1.shape[0])
+    _check_points("m1", m1, k)
     return _impl("adaptive_graph", backend, m1.device)(m1, m2, k, alpha)
 
 

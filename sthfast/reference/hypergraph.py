@@ -43,11 +43,19 @@ def membership_weights(z: Tensor, idx: Tensor, binary: bool, temperature: float)
     differentiable in ``z``; all ones when ``binary``. Shared by every backend."""
     if binary:
         return torch.ones(idx.shape, dtype=z.dtype, device=z.device)
-    members = torch.gather(z.unsqueeze(-3).expand(*idx.shape[:-1], *z.shape[-2:]), -2,
-                           idx.unsqueeze(-1).expand(*idx.shape, z.shape[-1]))  # [..., E, k, d]
+    members = gather_rows(z, idx)                                   # [..., E, k, d]
     centres = z[..., :idx.shape[-2], :].unsqueeze(-2)               # hyperedge e is centred on node e
     dist2 = (members - centres).pow(2).sum(-1)                      # [..., E, k]
     return torch.softmax(-dist2 / (z.shape[-1] * temperature), dim=-1)
+
+
+def gather_rows(z: Tensor, idx: Tensor) -> Tensor:
+    """``z[..., N, d]``, ``idx[..., E, k]`` -> ``z[..., idx, :]`` of shape ``[..., E, k, d]``, by
+    flat indexing (its gradient is an O(E k d) scatter, never an ``[..., E, N, d]`` buffer)."""
+    if z.dim() == 2:
+        return z[idx]
+    offsets = z.shape[-2] * torch.arange(z.shape[0], device=z.device).view(-1, 1, 1)
+    return z.reshape(-1, z.shape[-1])[idx + offsets]
 
 
 def hypergraph_operator(incidence: Tensor) -> Tensor:

@@ -25,18 +25,21 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
         (a stable sort), so the result is deterministic with duplicate points.
 
     The selection carries no gradient: callers recompute the values of the selected pairs from
-    gathered embeddings. Memory is O(N M): this is the reference, not the scalable path.
+    gathered embeddings. Memory is O(N M d): this is the reference, not the scalable path.
     """
-    if metric == "l2":
-        score = torch.cdist(query, key, compute_mode="donot_use_mm_for_euclid_dist")
-        descending = False
-    elif metric == "ip":
-        score = query @ key.transpose(-1, -2)
-        descending = True
-    else:
+    if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is not one of {list(METRICS)}")
+    score = pair_scores(query.unsqueeze(-2), key.unsqueeze(-3), metric).detach()  # [..., N, M]
     if self_first:
-        score = score.detach().clone()
-        score.diagonal(dim1=-2, dim2=-1).fill_(-torch.inf if not descending else torch.inf)
-    order = torch.sort(score.detach(), dim=-1, descending=descending, stable=True).indices
+        score.diagonal(dim1=-2, dim2=-1).fill_(-torch.inf)
+    order = torch.sort(score, dim=-1, stable=True).indices
     return order[..., :k]
+
+
+def pair_scores(query: Tensor, key: Tensor, metric: str) -> Tensor:
+    """Score of broadcastable point tensors ``[..., d]``, smaller is better: the squared distance
+    (``"l2"``) or the negated inner product (``"ip"``). Computed elementwise per pair, never by a
+    GEMM, so identical points score identically and ties are real ties."""
+    if metric == "l2":
+        return (query - key).pow(2).sum(-1)
+    return -(query * key).sum(-1)

@@ -55,8 +55,18 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor]) -> dic
         return structure.merged_knn_hypergraph(z, idx, binary, temperature)
 
     def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float) -> SparseRows:
-        idx = topk(torch.cat([m1, -m2], -1), torch.cat([m2, m1], -1), k, "ip", False)
-        return structure.from_ell(idx, reference.adjacency_values(m1, m2, idx, alpha), m1.shape[0])
+        """``A + I``: each row's self loop (weight 1) then its ``k`` best other entries.
+
+        The reference may select ``(i, i)`` itself, but its score is 0, so it and every entry
+        ranked after it have weight ``ReLU(tanh(<= 0)) = 0``: leaving the diagonal out changes
+        neither ``A`` nor its gradient, and keeps the pattern free of duplicate entries."""
+        n = m1.shape[0]
+        idx = topk(torch.cat([m1, -m2], -1), torch.cat([m2, m1], -1), min(k + 1, n), "ip", True)
+        idx = idx[:, 1:k + 1]                                        # [N, min(k, N - 1)], self dropped
+        values = reference.adjacency_values(m1, m2, idx, alpha)
+        nodes = torch.arange(n, device=idx.device).unsqueeze(1)
+        return structure.from_ell(torch.cat([nodes, idx], 1),
+                                  torch.cat([values.new_ones(n, 1), values], 1), n)
 
     def hypergraph_mixprop(x: Tensor, incidence_t: SparseRows, depth: int, beta: float) -> Tensor:
         return propagate.hypergraph_mixprop(spmm, x, incidence_t, depth, beta)
@@ -67,7 +77,7 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor]) -> dic
 
     return dict(topk_neighbors=lambda q, key, k, metric: topk(q, key, k, metric, False),
                 knn_hypergraph=knn_hypergraph, adaptive_graph=adaptive_graph,
-                static_graph=structure.from_dense, hypergraph_mixprop=hypergraph_mixprop,
+                static_graph=structure.with_self_loops, hypergraph_mixprop=hypergraph_mixprop,
                 graph_mixprop=graph_mixprop)
 
 

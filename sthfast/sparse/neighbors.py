@@ -2,8 +2,9 @@
 
 Two passes. A coarse pass scores query chunks against key tiles with one GEMM per tile
 (``|k|^2 - 2 q.k`` for L2, ``-q.k`` for inner product) and keeps a running top-``c`` candidates,
-``c = k + MARGIN``. An exact pass recomputes the candidates' scores elementwise from gathered
-vectors (so identical points score identically) and orders them by (score, index): ties go to the
+``c = k + MARGIN``. An exact pass recomputes the candidates' scores from gathered vectors with the
+reference's elementwise formula (so identical points score identically, and every score equals the
+reference's bit for bit) and orders them by (score, index): ties go to the
 smaller index, as in the reference. A query whose candidate list could be incomplete (its ``c``-th
 and ``k``-th coarse scores closer than the GEMM's rounding error, e.g. many duplicate points) is
 recomputed exactly against every key, in chunks; this check costs one host synchronisation.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from ..reference.neighbors import pair_scores
 
 MARGIN = 4
 TILE_ELEMENTS = 1 << 22  # scores per coarse tile (16 MiB in float32)
@@ -81,18 +84,11 @@ def _mask_self(score: Tensor, q0: int, k0: int) -> None:
     score[hit.nonzero().flatten(), qs[hit] - k0] = -torch.inf
 
 
-def _exact_scores(query: Tensor, keys: Tensor, metric: str) -> Tensor:
-    """``query [R, d]`` against ``keys [R, c, d]`` -> ``[R, c]``, elementwise (smaller is better)."""
-    if metric == "l2":
-        return (keys - query.unsqueeze(1)).pow(2).sum(-1)
-    return -(keys * query.unsqueeze(1)).sum(-1)
-
-
 def _order_exactly(query: Tensor, key: Tensor, cand: Tensor, metric: str, self_first: bool,
                    rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Sort each row's candidates by (exact score, index); ``rows``: the queries' indices."""
     cand = cand.sort(dim=1).values                                   # index order first ...
-    score = _exact_scores(query, key[cand], metric)
+    score = pair_scores(query.unsqueeze(1), key[cand], metric)       # [R, c]
     if self_first:
         rows = torch.arange(len(cand), device=cand.device) if rows is None else rows
         score = score.masked_fill(cand == rows.unsqueeze(1), -torch.inf)

@@ -2,16 +2,17 @@
 
 The model's activations are ``[B, C, N, T]``; propagation runs on a node-major view ``[rows, F]``
 (``rows = N`` and ``F = B C T`` for a shared structure; ``rows = B N`` and ``F = C T`` for a
-block-diagonal one), transposed once per MixProp call, not per step. The normalisations are plain
-torch ops around :mod:`.spmm`, so their gradients (including the membership weights' through the
-degrees) come from autograd. MixProp steps are not fused: each step is two gathers whose cost is
-the memory traffic of ``[rows, F]``, which a fused loop would not reduce.
+block-diagonal one), transposed once per MixProp call, not per step. The normalisations are folded into
+the stored values with plain torch ops around :mod:`.spmm` (O(nnz)), so their gradients (including
+the membership weights' through the degrees) come from autograd, and a MixProp step costs one or two
+sparse products plus one add over ``[rows, F]``: that memory traffic, not arithmetic, is its cost.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from .. import reference
@@ -37,36 +38,47 @@ def channel_major(y: Tensor, like: Tensor, blocks: int | None) -> Tensor:
     return y.view(d, b, n, c, t).permute(1, 0, 3, 2, 4).reshape(b, d * c, n, t)
 
 
-def _mixprop(x: Tensor, propagate: Callable[[Tensor], Tensor], depth: int, beta: float,
+def _mixprop(x: Tensor, step: Callable[[Tensor, Tensor], Tensor], depth: int,
              blocks: int | None) -> Tensor:
-    """Reference MixProp recurrence on the node-major view (one transpose in, one out)."""
-    h = node_major(x, blocks)
-    out = reference.mixprop(h[None, None], lambda v: propagate(v[0, 0])[None, None], depth, beta)
-    return channel_major(out[0], x, blocks)
+    """``h_0 = x, h_{j+1} = step(h_j, x)`` on the node-major view, all steps stacked and turned back:
+    ``[B, C, N, T] -> [B, C (depth + 1), N, T]``."""
+    x0 = node_major(x, blocks)
+    out = [x0]
+    for _ in range(depth):
+        out.append(step(out[-1], x0))
+    return channel_major(torch.stack(out), x, blocks)
 
 
 def hypergraph_mixprop(spmm: Spmm, x: Tensor, incidence_t: SparseRows, depth: int,
                        beta: float) -> Tensor:
-    """MixProp with ``P = D_v^-1 H D_e^-1 H^T``, ``incidence_t = H^T`` (rows: hyperedges):
-    ``x [B, C, N, T] -> [B, C (depth + 1), N, T]``."""
-    inv_e = reference.safe_reciprocal(incidence_t.row_sums()).unsqueeze(1)  # [E, 1]
-    inv_v = reference.safe_reciprocal(incidence_t.col_sums()).unsqueeze(1)  # [N, 1]
+    """MixProp ``h_{j+1} = beta x + (1 - beta) P h_j`` with ``P = D_v^-1 H D_e^-1 H^T``,
+    ``incidence_t = H^T`` (rows: hyperedges): ``x [B, C, N, T] -> [B, C (depth + 1), N, T]``.
 
-    def propagate(h: Tensor) -> Tensor:                              # [N, F] -> [N, F]
-        edge_mean = spmm(incidence_t, h) * inv_e                     # hyperedge <- its members
-        return spmm(incidence_t, edge_mean, transpose=True) * inv_v  # node <- its hyperedges
+    The degree normalisations and ``1 - beta`` are folded into two copies of the values (O(nnz)),
+    so a step is two sparse products and one add over ``[rows, F]``."""
+    s = incidence_t
+    inv_e = reference.safe_reciprocal(s.row_sums())                 # [E]
+    inv_v = reference.safe_reciprocal(s.col_sums())                 # [N]
+    gather = s._replace(val=s.val * inv_e[s.row])                   # hyperedge mean of members
+    spread = s._replace(val=s.val * inv_v[s.col] * (1.0 - beta))    # node mean of its hyperedges
 
-    return _mixprop(x, propagate, depth, beta, incidence_t.blocks)
+    def step(h: Tensor, x0: Tensor) -> Tensor:
+        return torch.add(spmm(spread, spmm(gather, h), transpose=True), x0, alpha=beta)
+
+    return _mixprop(x, step, depth, s.blocks)
 
 
 def graph_mixprop(spmm: Spmm, x: Tensor, adjacency: SparseRows, depth: int, beta: float,
                   transpose: bool = False) -> Tensor:
-    """MixProp with ``P = D^-1 (A + I)`` (``A^T`` when ``transpose``), ``adjacency = A``:
+    """MixProp with ``P = D^-1 (A + I)`` (``A^T + I`` when ``transpose``); ``adjacency`` holds
+    ``A + I`` (self loops stored, as the sparse graph builders make it):
     ``x [B, C, N, T] -> [B, C (depth + 1), N, T]``."""
-    degree = adjacency.col_sums() if transpose else adjacency.row_sums()
-    inv = (1.0 / (1.0 + degree)).unsqueeze(1)                       # A >= 0, so 1 + degree >= 1
+    a = adjacency
+    degree = a.col_sums() if transpose else a.row_sums()            # >= 1: the self loop
+    scale = (1.0 - beta) / degree
+    scaled = a._replace(val=a.val * scale[a.col if transpose else a.row])
 
-    def propagate(h: Tensor) -> Tensor:
-        return (h + spmm(adjacency, h, transpose=transpose)) * inv
+    def step(h: Tensor, x0: Tensor) -> Tensor:
+        return torch.add(spmm(scaled, h, transpose=transpose), x0, alpha=beta)
 
-    return _mixprop(x, propagate, depth, beta, adjacency.blocks)
+    return _mixprop(x, step, depth, a.blocks)

@@ -24,8 +24,17 @@ SampledKernel = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def define_spmm(backend: str, rows: RowsKernel, sampled: SampledKernel) -> Callable[..., Tensor]:
-    """Register ``sthfast::spmm_<backend>`` and return ``spmm(structure, x, transpose=False)``:
+    """Register ``sthfast::spmm_<backend>`` (and ``sthfast::sampled_dot_<backend>``, its backward's
+    value gradient) and return ``spmm(structure, x, transpose=False)``:
     ``x [C, F] -> [R, F]`` (``[R, F] -> [C, F]`` when ``transpose``)."""
+
+    @torch.library.custom_op(f"sthfast::sampled_dot_{backend}", mutates_args=())
+    def sampled_op(row_ptr: Tensor, row: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return sampled(row_ptr, row, col, a, b)
+
+    @sampled_op.register_fake
+    def _(row_ptr, row, col, a, b):
+        return a.new_empty(col.shape[0])
 
     @torch.library.custom_op(f"sthfast::spmm_{backend}", mutates_args=())
     def op(row_ptr: Tensor, col: Tensor, row: Tensor, col_ptr: Tensor, t_col: Tensor,
@@ -49,7 +58,7 @@ def define_spmm(backend: str, rows: RowsKernel, sampled: SampledKernel) -> Calla
         grad_val = grad_x = None
         if ctx.needs_input_grad[6]:
             a, b = (x, grad) if ctx.transpose else (grad, x)
-            grad_val = sampled(row_ptr, row, col, a, b)
+            grad_val = sampled_op(row_ptr, row, col, a, b)
         if ctx.needs_input_grad[7]:
             grad_x = op(row_ptr, col, row, col_ptr, t_col, from_t, val, grad, not ctx.transpose)
         return None, None, None, None, None, None, grad_val, grad_x, None

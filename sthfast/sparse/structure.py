@@ -27,6 +27,8 @@ class SparseRows(NamedTuple):
     ``col_ptr [C+1]``, ``t_col [nnz]``, ``from_t [nnz]``: CSR of ``S^T``; its q-th entry is the
     forward entry ``from_t[q]`` (row ``col[from_t[q]]`` of ``S^T``, column ``t_col[q]``).
     ``val [nnz]``: the values, differentiable, in forward order.
+    No two entries share a ``(row, col)`` pair (torch's CSR kernels assume it; every builder here
+    guarantees it).
     ``blocks``: None when ``S`` is shared by every sample; ``B`` when ``S`` is block diagonal with one
     ``R/B x C/B`` block per sample (the ``dynamic`` hypergraph).
     """
@@ -83,6 +85,11 @@ def from_dense(matrix: Tensor) -> SparseRows:
     """The non-zero entries of a dense ``[R, C]`` matrix (e.g. a static adjacency)."""
     row, col = matrix.nonzero(as_tuple=True)
     return from_entries(row, col, matrix[row, col], *matrix.shape)
+
+
+def with_self_loops(adjacency: Tensor) -> SparseRows:
+    """``A + I`` from a dense ``[N, N]`` adjacency, the form the sparse graph MixProp takes."""
+    return from_dense(adjacency + torch.eye(len(adjacency), dtype=adjacency.dtype, device=adjacency.device))
 
 
 def merged_knn_hypergraph(z: Tensor, idx: Tensor, binary: bool, temperature: float) -> SparseRows:
