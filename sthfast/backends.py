@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+import os
 from dataclasses import dataclass
 
 
@@ -61,3 +62,9 @@ def probe(name: str) -> Found:
 
 
 OPTIONAL = ("cuda", "triton", "faiss", "extension")
+
+
+def triton_interpreter() -> bool:
+    """Whether Triton kernels run on the CPU through its interpreter (``TRITON_INTERPRET=1``, for
+    tests: it must be set before Triton is first imported)."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and probe("triton").ok

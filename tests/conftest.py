@@ -1,10 +1,17 @@
 """Shared fixtures: tiny random Hugging Face backbones written locally (never downloaded) and a
-small-model config factory, so that most tests build models in well under a second."""
+small-model config factory, so that most tests build models in well under a second. Without a
+GPU, switches on Triton's interpreter so that the ``triton`` backend is tested on the CPU."""
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+if not torch.cuda.is_available():  # Triton kernels run on the CPU through the interpreter, which
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must be on before Triton is first imported
+
+import pytest  # noqa: E402
 
 from sthfast import STHSepNetConfig
 

@@ -10,7 +10,7 @@ import torch
 from sthfast import ops, reference, sparse
 from sthfast.sparse import neighbors, structure
 
-from fast_backends import FAST_BACKENDS
+from fast_backends import FAST_BACKENDS, MODEL_BACKENDS
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -206,16 +206,26 @@ def test_static_graph_mixprop_equals_reference(backend):
 # --------------------------------------------------------------------------- the custom op
 
 
+def spmm_of(backend):
+    if backend == "sparse":
+        return sparse.spmm
+    from sthfast import kernels
+
+    return kernels.spmm
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("transpose", [False, True])
-def test_spmm_op_passes_opcheck(transpose):
+def test_spmm_op_passes_opcheck(backend, transpose):
+    spmm = spmm_of(backend)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 6, (4, 3), generator=g)
     val = torch.rand(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
     s = structure.from_ell(idx, val, 6)
     x = torch.randn(4 if transpose else 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(sparse.spmm.op, (s.row_ptr, s.col, s.row, s.col_ptr, s.t_col, s.from_t,
+    torch.library.opcheck(spmm.op, (s.row_ptr, s.col, s.row, s.col_ptr, s.t_col, s.from_t,
                                            s.val, x, transpose))
-    torch.autograd.gradcheck(lambda v, xx: sparse.spmm(s._replace(val=v), xx, transpose), (s.val, x))
+    torch.autograd.gradcheck(lambda v, xx: spmm(s._replace(val=v), xx, transpose), (s.val, x))
 
 
 def test_sparse_model_composes_with_torch_compile():
@@ -229,7 +239,7 @@ def test_sparse_model_composes_with_torch_compile():
 # --------------------------------------------------------------------------- the whole model
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 @pytest.mark.parametrize("graph,hypergraph", [("adaptive", "adaptive"), ("static", "dynamic"),
                                               ("none", "binary")])
 def test_model_on_a_real_window_equals_the_reference_model(small_config, backend, graph, hypergraph):
@@ -289,3 +299,20 @@ def test_sparse_path_allocates_no_n_by_n_tensor(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
     refused = run("reference")                                     # the check can fail
     assert refused.returncode != 0 and "alloc" in refused.stderr.lower(), refused.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_spmm_with_features_wider_than_one_block(backend):
+    """F = 1,500 spans two 1,024-wide gather blocks and twelve 128-wide dot chunks."""
+    spmm = spmm_of(backend)
+    g = torch.Generator().manual_seed(1)
+    s = structure.from_ell(torch.tensor([[0, 3], [1, 2], [2, 3]]),
+                           torch.rand(3, 2, generator=g, dtype=torch.float64, requires_grad=True), 4)
+    x = torch.randn(4, 1500, generator=g, dtype=torch.float64, requires_grad=True)
+    y = spmm(s, x)
+    torch.testing.assert_close(y, s.to_dense() @ x)
+    gv, gx = torch.autograd.grad(y.pow(2).sum(), (s.val, x))
+    dense = s.to_dense().detach().requires_grad_()
+    gd, gx_ref = torch.autograd.grad((dense @ x).pow(2).sum(), (dense, x))
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gv, gd[s.row, s.col])

@@ -21,15 +21,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import reference, sparse
+from .. import backends, reference, sparse
 
 AUTO_ORDER = ("triton", "cuda", "cpp", "faiss", "sparse", "reference")
 PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
          ("static_graph", "graph_mixprop"))
 BACKEND_NAMES = ("auto",) + AUTO_ORDER
 
-# op name -> backend name -> (implementation, supports(device) -> bool)
-_REGISTRY: dict[str, dict[str, tuple[Callable, Callable[[torch.device], bool]]]] = {}
+# op name -> backend name -> (implementation, auto picks it on device, runs on device if named)
+_REGISTRY: dict[str, dict[str, tuple[Callable, Callable[[torch.device], bool],
+                                     Callable[[torch.device], bool]]]] = {}
 
 
 def _anywhere(device: torch.device) -> bool:
@@ -37,11 +38,14 @@ def _anywhere(device: torch.device) -> bool:
 
 
 def register(op: str, backend: str, fn: Callable,
-             supports: Callable[[torch.device], bool] = _anywhere) -> None:
-    """Register ``fn`` as ``backend``'s implementation of ``op`` (``supports`` filters devices)."""
+             supports: Callable[[torch.device], bool] = _anywhere,
+             runs: Callable[[torch.device], bool] | None = None) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op``: ``auto`` picks it on the devices
+    ``supports`` accepts; named explicitly it runs wherever ``runs`` accepts (default: the same,
+    wider for Triton's CPU interpreter)."""
     if backend not in AUTO_ORDER:
         raise ValueError(f"backend {backend!r} is not one of {list(AUTO_ORDER)}")
-    _REGISTRY.setdefault(op, {})[backend] = (fn, supports)
+    _REGISTRY.setdefault(op, {})[backend] = (fn, supports, runs or supports)
 
 
 def resolve(op: str, backend: str, device: torch.device | str) -> str:
@@ -52,8 +56,8 @@ def resolve(op: str, backend: str, device: torch.device | str) -> str:
         raise ValueError(f"backend={backend!r} is not one of {list(BACKEND_NAMES)}")
     if backend == "auto" or backend not in impls:  # a backend that lacks the op leaves it to auto
         return next(name for name in AUTO_ORDER if name in impls and impls[name][1](device))
-    if backend not in impls or not impls[backend][1](device):
-        usable = [name for name in AUTO_ORDER if name in impls and impls[name][1](device)]
+    if not impls[backend][2](device):
+        usable = [name for name in AUTO_ORDER if name in impls and impls[name][2](device)]
         raise ValueError(f"backend {backend!r} cannot run {op} on {device}; usable here: {usable}")
     return backend
 
@@ -144,5 +148,26 @@ for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", refere
     register(_op, "reference", _fn)
 for _op, _fn in sparse.OPS.items():
     register(_op, "sparse", _fn)
+
+
+def _triton_auto(device: torch.device) -> bool:
+    return device.type == "cuda" and backends.probe("triton").ok
+
+
+def _triton_runs(device: torch.device) -> bool:
+    return _triton_auto(device) or (device.type == "cpu" and backends.triton_interpreter())
+
+
+def _triton(op: str) -> Callable:
+    def run(*args):
+        from ..kernels import OPS  # noqa: PLC0415 (imports Triton: only when the backend runs)
+
+        return OPS[op](*args)
+
+    return run
+
+
+for _op in sparse.OPS:
+    register(_op, "triton", _triton(_op), supports=_triton_auto, runs=_triton_runs)
 
 OPS = tuple(_REGISTRY)

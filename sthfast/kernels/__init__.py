@@ -1,0 +1,20 @@
+"""The ``triton`` backend: Triton kernels for the tiled top-k search (:mod:`.topk`) and the sparse
+gather primitive (:mod:`.spmm`), plugged into the structure builders and propagation of
+:mod:`sthfast.sparse`, which are device-agnostic torch index ops.
+
+Importing this module imports Triton; :mod:`sthfast.ops` does so only on first use of the backend.
+On a machine without a GPU the kernels run only under ``TRITON_INTERPRET=1`` (set before Triton is
+first imported), which the tests use at small sizes; it says nothing about speed.
+"""
+
+from __future__ import annotations
+
+from ..sparse import backend_ops
+from ..sparse.spmm import define_spmm
+from . import spmm as _kernels
+from .topk import topk_neighbors
+
+spmm = define_spmm("triton", _kernels.csr_rows, _kernels.sampled_dot)
+OPS = backend_ops(spmm, topk_neighbors)
+
+__all__ = ["OPS", "spmm", "topk_neighbors"]

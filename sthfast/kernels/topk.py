@@ -1,0 +1,87 @@
+"""Triton tiled exact top-k neighbour search: each program owns BLOCK_Q queries, streams the keys in
+tiles of BLOCK_M, and keeps a running top-K (value, index) list in registers; no ``N x M`` buffer.
+
+Scores are computed elementwise per pair (squared distance or negated inner product, summed over
+the feature axis in chunks of BLOCK_D), never with a matrix-multiply unit, so identical points
+score identically. The running list is merged with a tile by K passes of ``min`` + ``where``
+(``tl.topk`` does not define the order of ties): on equal scores the smaller index wins, and the
+running list (earlier, smaller indices) beats the tile.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+BIG_INDEX = 2**31 - 1
+
+
+@triton.jit
+def _topk_kernel(q_ptr, k_ptr, out_ptr, N, M, D, K: tl.constexpr, KP: tl.constexpr,
+                 BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                 L2: tl.constexpr, SELF_FIRST: tl.constexpr):
+    batch = tl.program_id(1).to(tl.int64)
+    qs = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_mask = qs < N
+    q_base = q_ptr + batch * N * D
+    k_base = k_ptr + batch * M * D
+    lane = tl.arange(0, KP)
+    inf = float("inf")
+    best_v = tl.full([BLOCK_Q, KP], inf, dtype=q_ptr.dtype.element_ty)
+    best_i = tl.full([BLOCK_Q, KP], BIG_INDEX, dtype=tl.int32)
+    for m0 in range(0, M, BLOCK_M):
+        ms = m0 + tl.arange(0, BLOCK_M)
+        m_mask = ms < M
+        score = tl.zeros([BLOCK_Q, BLOCK_M], dtype=q_ptr.dtype.element_ty)
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            d_mask = ds < D
+            q = tl.load(q_base + qs[:, None] * D + ds[None, :], mask=q_mask[:, None] & d_mask[None, :],
+                        other=0.0)
+            kt = tl.load(k_base + ms[:, None] * D + ds[None, :], mask=m_mask[:, None] & d_mask[None, :],
+                         other=0.0)
+            if L2:
+                diff = q[:, None, :] - kt[None, :, :]
+                score += tl.sum(diff * diff, axis=2)
+            else:
+                score -= tl.sum(q[:, None, :] * kt[None, :, :], axis=2)
+        score = tl.where(m_mask[None, :], score, inf)
+        if SELF_FIRST:
+            score = tl.where(qs[:, None] == ms[None, :], -inf, score)
+        new_v = tl.full([BLOCK_Q, KP], inf, dtype=q_ptr.dtype.element_ty)
+        new_i = tl.full([BLOCK_Q, KP], BIG_INDEX, dtype=tl.int32)
+        for j in tl.static_range(K):
+            tile_v = tl.min(score, axis=1)
+            tile_i = tl.min(tl.where(score == tile_v[:, None], ms[None, :], BIG_INDEX), axis=1)
+            run_v = tl.min(best_v, axis=1)
+            run_i = tl.min(tl.where(best_v == run_v[:, None], best_i, BIG_INDEX), axis=1)
+            from_run = run_v <= tile_v
+            v = tl.where(from_run, run_v, tile_v)
+            i = tl.where(from_run, run_i, tile_i)
+            new_v = tl.where(lane[None, :] == j, v[:, None], new_v)
+            new_i = tl.where(lane[None, :] == j, i[:, None], new_i)
+            best_v = tl.where(from_run[:, None] & (best_i == run_i[:, None]), inf, best_v)
+            score = tl.where((~from_run)[:, None] & (ms[None, :] == tile_i[:, None]), inf, score)
+        best_v = new_v
+        best_i = new_i
+    out = out_ptr + batch * N * K + qs[:, None] * K + lane[None, :]
+    tl.store(out, best_i.to(tl.int64), mask=q_mask[:, None] & (lane[None, :] < K))
+
+
+def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
+                   self_first: bool = False) -> Tensor:
+    """Same contract as :func:`sthfast.reference.topk_neighbors`: ``[..., N, k]`` int64."""
+    batched = query.dim() == 3
+    q = (query if batched else query.unsqueeze(0)).detach().contiguous()
+    kk = (key if batched else key.unsqueeze(0)).detach().contiguous().to(q.dtype)
+    b, n, d = q.shape
+    out = torch.empty(b, n, k, dtype=torch.int64, device=q.device)
+    if b and n:
+        block_q, block_m = 16, 16
+        _topk_kernel[(triton.cdiv(n, block_q), b)](
+            q, kk, out, n, kk.shape[1], d, K=k, KP=triton.next_power_of_2(k), BLOCK_Q=block_q,
+            BLOCK_M=block_m, BLOCK_D=min(16, triton.next_power_of_2(d)), L2=metric == "l2",
+            SELF_FIRST=self_first)
+    return out if batched else out[0]
