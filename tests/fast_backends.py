@@ -1,12 +1,9 @@
-"""The fast backends the tests compare with the reference on this machine."""
-
-import torch
+"""The fast backends the CPU tests compare with the reference: ``sparse`` always; ``triton`` where
+its interpreter is on (no GPU: ``conftest.py`` switches it on). On a GPU machine the Triton kernels
+are tested compiled, on CUDA tensors, by ``test_gpu.py``."""
 
 from sthfast import backends
 
-TRITON_ON_GPU = backends.probe("triton").ok and torch.cuda.is_available()
-FAST_BACKENDS = ["sparse"]
-if TRITON_ON_GPU or backends.triton_interpreter():
-    FAST_BACKENDS.append("triton")
-# the whole model at N = 207: too slow for the interpreter (seconds per kernel launch), GPU only
-MODEL_BACKENDS = ["sparse"] + (["triton"] if TRITON_ON_GPU else [])
+FAST_BACKENDS = ["sparse"] + (["triton"] if backends.triton_interpreter() else [])
+# the whole model at N = 207 takes minutes in the interpreter: sparse only here, triton in test_gpu
+MODEL_BACKENDS = ["sparse"]

@@ -130,8 +130,9 @@ def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = F
 
 
 def _reference_hypergraph_mixprop(x: Tensor, incidence: Tensor, depth: int, beta: float) -> Tensor:
-    operator = reference.hypergraph_operator(incidence)            # once per call, not per step
-    return reference.mixprop(x, lambda h: reference.apply_operator(h, operator), depth, beta)
+    halves = reference.hypergraph_halves(incidence)                 # once per call, not per step
+    return reference.mixprop(x, lambda h: reference.hypergraph_propagate(h, incidence, halves),
+                             depth, beta)
 
 
 def _reference_graph_mixprop(x: Tensor, adjacency: Tensor, depth: int, beta: float,

@@ -73,19 +73,32 @@ def safe_reciprocal(degree: Tensor) -> Tensor:
     return torch.where(degree > 0, 1.0 / degree.clamp_min(1e-30), torch.zeros_like(degree))
 
 
-def hypergraph_propagate(x: Tensor, incidence: Tensor) -> Tensor:
-    """``D_v^-1 H D_e^-1 H^T x``: node -> hyperedge weighted mean, then hyperedge -> node mean.
+def hypergraph_halves(incidence: Tensor) -> tuple[Tensor, Tensor]:
+    """The two normalised halves of ``P``: ``gather = D_e^-1 H^T`` (``[..., M, N]``, hyperedge mean
+    of its members) and ``spread = D_v^-1 H`` (``[..., N, M]``, node mean of its hyperedges)."""
+    inv_e = safe_reciprocal(incidence.sum(-2))                      # [..., M]
+    inv_v = safe_reciprocal(incidence.sum(-1))                      # [..., N]
+    return (incidence * inv_e.unsqueeze(-2)).transpose(-1, -2), incidence * inv_v.unsqueeze(-1)
+
+
+def hypergraph_propagate(x: Tensor, incidence: Tensor,
+                         halves: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """``D_v^-1 H D_e^-1 H^T x``: node -> hyperedge weighted mean, then hyperedge -> node mean,
+    evaluated in that order (O(N M F), never the ``N x N`` operator).
 
     Args:
         x: ``[B, C, N, T]``; incidence: ``[N, M]`` shared, or ``[B, N, M]`` per sample.
+        halves: :func:`hypergraph_halves` of ``incidence``, when the caller reuses them.
     Returns:
         ``[B, C, N, T]``. Empty hyperedges and nodes in no hyperedge contribute / receive 0.
     """
-    return apply_operator(x, hypergraph_operator(incidence))
+    gather, spread = hypergraph_halves(incidence) if halves is None else halves
+    return apply_operator(apply_operator(x, gather), spread)
 
 
 def apply_operator(x: Tensor, operator: Tensor) -> Tensor:
-    """``(P x)[b, c, v, t] = sum_w P[(b,) v, w] x[b, c, w, t]`` for ``P [N, N]`` or ``[B, N, N]``."""
+    """``(P x)[b, c, v, t] = sum_w P[(b,) v, w] x[b, c, w, t]`` for ``P [V, W]`` or ``[B, V, W]``:
+    ``x [B, C, W, T] -> [B, C, V, T]``."""
     if operator.dim() == 3:
         return torch.einsum("bvw,bcwt->bcvt", operator, x)
     return torch.einsum("vw,bcwt->bcvt", operator, x)
