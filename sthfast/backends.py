@@ -7,7 +7,6 @@ required.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -22,23 +21,17 @@ class Found:
     detail: str
 
 
-def _distribution_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 @functools.lru_cache(maxsize=None)
 def probe(name: str) -> Found:
     """Probe one optional piece by name: ``triton``, ``faiss``, ``cuda``, ``extension``."""
     if name == "triton":
-        version = _distribution_version("triton")
         if importlib.util.find_spec("triton") is None:
             return Found(name, False, "not installed (pip install triton)")
-        return Found(name, True, f"triton {version}")
+        try:
+            import triton  # noqa: PLC0415 (optional: a broken install must not break sthfast)
+        except Exception as err:  # noqa: BLE001
+            return Found(name, False, f"installed but fails to import: {err}")
+        return Found(name, True, f"triton {triton.__version__}")
     if name == "faiss":
         if importlib.util.find_spec("faiss") is None:
             return Found(name, False, "not installed (pip install 'sthfast[faiss-cpu]' or '[faiss-gpu]')")
@@ -62,6 +55,14 @@ def probe(name: str) -> Found:
 
 
 OPTIONAL = ("cuda", "triton", "faiss", "extension")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_gpu_ok(device) -> bool:
+    """Whether Triton can compile for this CUDA device (compute capability 7.0 or newer)."""
+    import torch  # noqa: PLC0415
+
+    return torch.cuda.get_device_capability(device) >= (7, 0)
 
 
 def triton_interpreter() -> bool:

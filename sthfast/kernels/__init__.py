@@ -10,11 +10,12 @@ first imported), which the tests use at small sizes; it says nothing about speed
 from __future__ import annotations
 
 from ..sparse import backend_ops
-from ..sparse.spmm import define_spmm
+from ..sparse.custom_ops import define_spmm, define_topk
 from . import spmm as _kernels
 from .topk import topk_neighbors
 
 spmm = define_spmm("triton", _kernels.csr_rows, _kernels.sampled_dot)
-OPS = backend_ops(spmm, topk_neighbors)
+topk = define_topk("triton", topk_neighbors)
+OPS = backend_ops(spmm, topk)
 
-__all__ = ["OPS", "spmm", "topk_neighbors"]
+__all__ = ["OPS", "spmm", "topk"]

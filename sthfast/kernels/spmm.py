@@ -1,5 +1,5 @@
-"""Triton kernels of the sparse primitive (:mod:`sthfast.sparse.spmm`): a CSR row gather and a
-sampled dot product. Accumulation is in float32 (float64 for float64 inputs)."""
+"""Triton kernels of the sparse primitive (:mod:`sthfast.sparse.custom_ops`): a CSR row gather and a
+sampled dot product. Accumulation is in float32 (float64 for float64 inputs), weights included."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-
-def _accumulator(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+from .launch import accumulator, on_device
 
 
 def _block(width: int, cap: int) -> int:
@@ -37,7 +35,7 @@ def _csr_rows_kernel(row_ptr, col, val, x, y, F, BLOCK_F: tl.constexpr, ACC: tl.
 def _sampled_dot_kernel(row, col, a, b, out, NNZ, F, BLOCK_P: tl.constexpr, BLOCK_F: tl.constexpr,
                         ACC: tl.constexpr):
     """Program p-block: ``out[p] = <a[row[p]], b[col[p]]>`` for BLOCK_P stored entries."""
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     pmask = p < NNZ
     r = tl.load(row + p, mask=pmask, other=0)
     c = tl.load(col + p, mask=pmask, other=0)
@@ -58,8 +56,11 @@ def csr_rows(row_ptr: Tensor, col: Tensor, val: Tensor, x: Tensor) -> Tensor:
     if rows == 0 or width == 0:
         return y
     block = _block(width, 1024)
-    _csr_rows_kernel[(rows, triton.cdiv(width, block))](
-        row_ptr, col, val.to(x.dtype), x, y, width, BLOCK_F=block, ACC=_accumulator(x.dtype))
+    acc = accumulator(x.dtype)
+    with on_device(x):
+        _csr_rows_kernel[(rows, triton.cdiv(width, block))](
+            row_ptr, col, val.to(torch.float64 if acc == tl.float64 else torch.float32), x, y, width,
+            BLOCK_F=block, ACC=acc)
     return y
 
 
@@ -70,7 +71,8 @@ def sampled_dot(row_ptr: Tensor, row: Tensor, col: Tensor, a: Tensor, b: Tensor)
     if nnz == 0 or width == 0:
         return out
     block_p, block_f = 32, _block(width, 128)
-    _sampled_dot_kernel[(triton.cdiv(nnz, block_p),)](
-        row, col, a.contiguous(), b.contiguous(), out, nnz, width, BLOCK_P=block_p, BLOCK_F=block_f,
-        ACC=_accumulator(a.dtype))
+    with on_device(a):
+        _sampled_dot_kernel[(triton.cdiv(nnz, block_p),)](
+            row, col, a.contiguous(), b.contiguous(), out, nnz, width, BLOCK_P=block_p,
+            BLOCK_F=block_f, ACC=accumulator(a.dtype))
     return out

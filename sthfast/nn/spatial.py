@@ -95,6 +95,7 @@ class SpatialStream(nn.Module):
             self.graph = AdaptiveGraph(c.num_nodes, c.node_emb_dim, c.subgraph_size, c.tanh_alpha, c.backend)
         elif c.graph == "static":
             self.register_buffer("static_adjacency", static_adjacency)
+        self._static_cache = None                                      # (key, backend's form)
         self.hypergraph = KNNHypergraph(c, self.window) if c.hypergraph != "none" else None
         both = c.graph != "none" and c.hypergraph != "none"
         self.branch_logit = nn.Parameter(torch.zeros(layers)) if both else None
@@ -134,8 +135,7 @@ class SpatialStream(nn.Module):
         inp = x.permute(0, 3, 2, 1)                                    # [B, F, N, T]
         if inp.shape[-1] < self.window:
             inp = F.pad(inp, (self.window - inp.shape[-1], 0))
-        graph = (ops.static_graph(self.static_adjacency, backend=c.backend) if c.graph == "static"
-                 else (self.graph() if self.graph else None))
+        graph = self._static_graph() if c.graph == "static" else (self.graph() if self.graph else None)
         hypergraph = self.hypergraph(inp) if self.hypergraph is not None else None
         h = self.start(inp)                                            # [B, C, N, T]
         skip = self.skip_in(F.dropout(inp, c.dropout, self.training))  # [B, S, N, 1]
@@ -148,6 +148,15 @@ class SpatialStream(nn.Module):
             h = self.norms[i](h)
         h = F.relu(self.skip_out(h) + skip)
         return self.end2(F.relu(self.end1(h))).squeeze(-1)             # [B, H, N]
+
+    def _static_graph(self):
+        """The fixed adjacency in the backend's form, built once per device, dtype and content
+        version (building the sparse form costs a pass over ``N x N`` and a host sync)."""
+        a = self.static_adjacency
+        key = (a.device, a.dtype, a._version, self.config.backend)
+        if self._static_cache is None or self._static_cache[0] != key:
+            self._static_cache = (key, ops.static_graph(a, backend=self.config.backend))
+        return self._static_cache[1]
 
     def _mix(self, i: int, h: Tensor, graph, hypergraph) -> Tensor:
         """Layer ``i``'s spatial mixing: ``g * graph + (1 - g) * hypergraph`` with learned ``g``."""

@@ -82,6 +82,20 @@ def _check_points(name: str, points: Tensor, k: int, keys: Tensor | None = None)
         raise ValueError(f"k={k} neighbours asked for among {count} points: need 1 <= k <= {count}")
 
 
+def _check_fits(x: Tensor, structure) -> None:
+    """``x [B, C, N, T]`` matches a graph / hypergraph over N nodes (per sample: B of them)."""
+    if isinstance(structure, sparse.SparseRows):
+        blocks = structure.blocks
+        nodes = structure.shape[1] // blocks if blocks else (None if blocks == 0 else structure.shape[1])
+    else:
+        blocks = structure.shape[0] if structure.dim() == 3 else None
+        nodes = structure.shape[-2]
+    if x.dim() != 4 or (nodes is not None and x.shape[2] != nodes) or blocks not in (None, x.shape[0]):
+        per = "" if blocks is None else f" for a batch of {blocks}"
+        raise ValueError(f"x {list(x.shape)} must be [B, C, N, T] with N = {nodes} nodes{per}, "
+                         "as the graph it is propagated over")
+
+
 def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2", *,
                    backend: str = "auto") -> Tensor:
     """``query[..., N, d], key[..., M, d]`` -> indices ``[..., N, k]``, best first, ties to the
@@ -106,6 +120,7 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
 def hypergraph_mixprop(x: Tensor, hypergraph, depth: int, beta: float, *,
                        backend: str = "auto") -> Tensor:
     """MixProp with ``P = D_v^-1 H D_e^-1 H^T``: ``x[B, C, N, T]`` -> ``[B, C (depth + 1), N, T]``."""
+    _check_fits(x, hypergraph)
     return _impl("hypergraph_mixprop", backend, x.device)(x, hypergraph, depth, beta)
 
 
@@ -126,10 +141,19 @@ def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = F
                   backend: str = "auto") -> Tensor:
     """MixProp with ``P = D^-1 (A + I)`` (``A^T`` when ``transpose``): ``x[B, C, N, T]`` ->
     ``[B, C (depth + 1), N, T]``."""
+    _check_fits(x, graph)
     return _impl("graph_mixprop", backend, x.device)(x, graph, depth, beta, transpose)
 
 
 def _reference_hypergraph_mixprop(x: Tensor, incidence: Tensor, depth: int, beta: float) -> Tensor:
+    """Dense, in the cheaper order: the ``N x N`` operator formed once (O(N^3)) when the columns
+    propagated per incidence (``F``, ``depth`` times) outnumber the nodes, else the two halves per
+    step (O(N^2 F)): the model's wide batches at small N, vs the benchmarks' narrow ones at large N."""
+    n = x.shape[2]
+    columns = x.numel() // max(n, 1) // (x.shape[0] if incidence.dim() == 3 else 1)
+    if n < depth * columns:
+        operator = reference.hypergraph_operator(incidence)
+        return reference.mixprop(x, lambda h: reference.apply_operator(h, operator), depth, beta)
     halves = reference.hypergraph_halves(incidence)                 # once per call, not per step
     return reference.mixprop(x, lambda h: reference.hypergraph_propagate(h, incidence, halves),
                              depth, beta)
@@ -147,12 +171,12 @@ for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", refere
                  ("adaptive_graph", reference.adaptive_graph),
                  ("graph_mixprop", _reference_graph_mixprop), ("static_graph", lambda a: a)):
     register(_op, "reference", _fn)
-for _op, _fn in sparse.OPS.items():
-    register(_op, "sparse", _fn)
+for _op, _fn in sparse.OPS.items():  # torch's sparse CSR kernels: CPU (MKL) and CUDA (cuSPARSE)
+    register(_op, "sparse", _fn, supports=lambda device: device.type in ("cpu", "cuda"))
 
 
 def _triton_auto(device: torch.device) -> bool:
-    return device.type == "cuda" and backends.probe("triton").ok
+    return device.type == "cuda" and backends.probe("triton").ok and backends.triton_gpu_ok(device)
 
 
 def _triton_runs(device: torch.device) -> bool:

@@ -70,7 +70,9 @@ def hypergraph_operator(incidence: Tensor) -> Tensor:
 def safe_reciprocal(degree: Tensor) -> Tensor:
     """``1 / degree`` where the degree is positive, 0 where it is 0 (empty hyperedges, isolated
     nodes), with a finite gradient everywhere."""
-    return torch.where(degree > 0, 1.0 / degree.clamp_min(1e-30), torch.zeros_like(degree))
+    positive = degree > 0
+    return torch.where(positive, 1.0 / torch.where(positive, degree, torch.ones_like(degree)),
+                       torch.zeros_like(degree))
 
 
 def hypergraph_halves(incidence: Tensor) -> tuple[Tensor, Tensor]:

@@ -17,10 +17,10 @@ from torch import Tensor
 
 from .. import reference
 from . import neighbors, propagate, structure
-from .spmm import define_spmm
+from .custom_ops import define_spmm, define_topk
 from .structure import SparseRows
 
-__all__ = ["SparseRows", "backend_ops", "spmm"]
+__all__ = ["SparseRows", "backend_ops", "spmm", "topk"]
 
 
 def _csr(row_ptr: Tensor, col: Tensor, val: Tensor, num_cols: int) -> Tensor:
@@ -30,17 +30,24 @@ def _csr(row_ptr: Tensor, col: Tensor, val: Tensor, num_cols: int) -> Tensor:
                                        check_invariants=False)
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """torch's CPU CSR kernels have no float16 / bfloat16: those are computed in float32."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def _rows(row_ptr: Tensor, col: Tensor, val: Tensor, x: Tensor) -> Tensor:
     if x.shape[1] == 0 or col.numel() == 0:
         return x.new_zeros(row_ptr.shape[0] - 1, x.shape[1])
-    return _csr(row_ptr, col, val.to(x.dtype), x.shape[0]) @ x
+    dtype = _compute_dtype(x)
+    return (_csr(row_ptr, col, val.to(dtype), x.shape[0]) @ x.to(dtype)).to(x.dtype)
 
 
 def _sampled(row_ptr: Tensor, row: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
     if a.shape[1] == 0 or col.numel() == 0:
         return a.new_zeros(col.shape[0])
-    pattern = _csr(row_ptr, col, a.new_zeros(col.shape[0]), b.shape[0])
-    return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
+    dtype = _compute_dtype(a)
+    pattern = _csr(row_ptr, col, a.new_zeros(col.shape[0], dtype=dtype), b.shape[0])
+    return torch.sparse.sampled_addmm(pattern, a.to(dtype), b.to(dtype).T, beta=0.0).values().to(a.dtype)
 
 
 spmm = define_spmm("sparse", _rows, _sampled)
@@ -81,4 +88,5 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor]) -> dic
                 graph_mixprop=graph_mixprop)
 
 
-OPS = backend_ops(spmm, neighbors.topk_neighbors)
+topk = define_topk("sparse", neighbors.topk_neighbors)
+OPS = backend_ops(spmm, topk)

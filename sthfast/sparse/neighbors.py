@@ -7,7 +7,8 @@ reference's elementwise formula (so identical points score identically, and ever
 reference's bit for bit) and orders them by (score, index): ties go to the
 smaller index, as in the reference. A query whose candidate list could be incomplete (its ``c``-th
 and ``k``-th coarse scores closer than the GEMM's rounding error, e.g. many duplicate points) is
-recomputed exactly against every key, in chunks; this check costs one host synchronisation.
+recomputed exactly against every key, in chunks; this check costs one host synchronisation per
+point set (per sample for a batch). Half-precision points are scored in float32.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..reference.neighbors import pair_scores
+from ..reference.neighbors import pair_scores, scoring_precision
 
 MARGIN = 4
 TILE_ELEMENTS = 1 << 22  # scores per coarse tile (16 MiB in float32)
@@ -32,6 +33,7 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
 
 @torch.no_grad()
 def _topk(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool) -> Tensor:
+    query, key = scoring_precision(query), scoring_precision(key)
     n, m = query.shape[0], key.shape[0]
     c = min(m, k + MARGIN)
     cand, coarse = _coarse_candidates(query, key, c, metric, self_first)   # [N, c] each
@@ -78,10 +80,9 @@ def _coarse_candidates(query: Tensor, key: Tensor, c: int, metric: str,
 
 
 def _mask_self(score: Tensor, q0: int, k0: int) -> None:
-    """Set the score of each query against itself to -inf (in place) for a tile at ``(q0, k0)``."""
-    qs = torch.arange(q0, q0 + score.shape[0], device=score.device)
-    hit = (qs >= k0) & (qs < k0 + score.shape[1])
-    score[hit.nonzero().flatten(), qs[hit] - k0] = -torch.inf
+    """Set the score of each query against itself to -inf (in place) for a tile at ``(q0, k0)``:
+    query ``q0 + i`` is key ``k0 + j`` on the tile's diagonal ``j - i = q0 - k0``."""
+    score.diagonal(offset=q0 - k0).fill_(-torch.inf)
 
 
 def _order_exactly(query: Tensor, key: Tensor, cand: Tensor, metric: str, self_first: bool,

@@ -3,9 +3,12 @@
 The model's activations are ``[B, C, N, T]``; propagation runs on a node-major view ``[rows, F]``
 (``rows = N`` and ``F = B C T`` for a shared structure; ``rows = B N`` and ``F = C T`` for a
 block-diagonal one), transposed once per MixProp call, not per step. The normalisations are folded into
-the stored values with plain torch ops around :mod:`.spmm` (O(nnz)), so their gradients (including
+the stored values with plain torch ops around :mod:`.custom_ops` (O(nnz)), so their gradients (including
 the membership weights' through the degrees) come from autograd, and a MixProp step costs one or two
 sparse products plus one add over ``[rows, F]``: that memory traffic, not arithmetic, is its cost.
+The steps are not fused into one kernel: fusing the add into the product's epilogue would save one
+of those passes per step, which no measurement here has yet shown to matter (CPU: torch's CSR
+kernels cannot take it; GPU: not profiled).
 """
 
 from __future__ import annotations

@@ -70,8 +70,10 @@ def from_entries(row: Tensor, col: Tensor, val: Tensor, num_rows: int, num_cols:
 
 
 def from_ell(col: Tensor, val: Tensor, num_cols: int) -> SparseRows:
-    """Rows with exactly ``k`` entries each: ``col, val [..., R, k]`` (leading dim = blocks, whose
-    column indices are local to their block) -> one block-diagonal ``SparseRows``."""
+    """Rows with exactly ``k`` distinct entries each: ``col, val [..., R, k]`` (leading dim = blocks,
+    whose column indices are local to their block) -> one block-diagonal ``SparseRows``."""
+    col, order = col.sort(dim=-1)                                    # CSR: columns sorted in a row
+    val = val.gather(-1, order)
     blocks = col.shape[0] if col.dim() == 3 else None
     copies = 1 if blocks is None else blocks
     if blocks is not None:
@@ -81,15 +83,17 @@ def from_ell(col: Tensor, val: Tensor, num_cols: int) -> SparseRows:
     return from_entries(row, col.reshape(-1), val.reshape(-1), num_rows, copies * num_cols, blocks)
 
 
-def from_dense(matrix: Tensor) -> SparseRows:
-    """The non-zero entries of a dense ``[R, C]`` matrix (e.g. a static adjacency)."""
-    row, col = matrix.nonzero(as_tuple=True)
-    return from_entries(row, col, matrix[row, col], *matrix.shape)
-
-
 def with_self_loops(adjacency: Tensor) -> SparseRows:
-    """``A + I`` from a dense ``[N, N]`` adjacency, the form the sparse graph MixProp takes."""
-    return from_dense(adjacency + torch.eye(len(adjacency), dtype=adjacency.dtype, device=adjacency.device))
+    """``A + I`` from a dense ``[N, N]`` adjacency, the form the sparse graph MixProp takes.
+    ``nonzero`` costs one host synchronisation: build it once per adjacency, not per step."""
+    n = adjacency.shape[0]
+    row, col = adjacency.nonzero(as_tuple=True)
+    loops = torch.arange(n, device=adjacency.device)
+    entries = torch.sparse_coo_tensor(torch.stack([torch.cat([row, loops]), torch.cat([col, loops])]),
+                                      torch.cat([adjacency[row, col], adjacency.new_ones(n)]),
+                                      (n, n), check_invariants=False).coalesce()  # sums A_ii + 1, sorts
+    (row, col), val = entries.indices(), entries.values()
+    return from_entries(row, col, val, n, n)
 
 
 def merged_knn_hypergraph(z: Tensor, idx: Tensor, binary: bool, temperature: float) -> SparseRows:

@@ -1,6 +1,10 @@
-"""The one sparse primitive every propagation is built from: ``y = S x`` or ``y = S^T x``.
+"""The backends' kernels as ``torch.library`` custom ops, so that the model composes with
+``torch.compile`` (each op is opaque to the compiler, with a fake implementation for its shapes).
 
-:func:`define_spmm` registers it as a ``torch.library`` custom op (with ``register_fake`` and an
+:func:`define_topk` wraps a top-k neighbour search (selection only: no gradient).
+
+:func:`define_spmm` wraps the one sparse primitive every propagation is built from,
+``y = S x`` or ``y = S^T x``. It registers it as a ``torch.library`` custom op (with ``register_fake`` and an
 autograd rule, so that it composes with ``torch.compile``) around two kernels a backend provides:
 
 * ``rows(row_ptr, col, val, x) -> y``: ``y[r] = sum_p val[p] x[col[p]]`` over row r's CSR segment;
@@ -19,8 +23,28 @@ from torch import Tensor
 
 from .structure import SparseRows
 
+TopkKernel = Callable[[Tensor, Tensor, int, str, bool], Tensor]
 RowsKernel = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 SampledKernel = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def define_topk(backend: str, topk: TopkKernel) -> TopkKernel:
+    """Register ``sthfast::topk_<backend>`` and return ``topk(query, key, k, metric, self_first)``:
+    ``[..., N, d], [..., M, d] -> [..., N, k]`` int64 (see :func:`sthfast.reference.topk_neighbors`)."""
+
+    @torch.library.custom_op(f"sthfast::topk_{backend}", mutates_args=())
+    def op(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool) -> Tensor:
+        return topk(query, key, k, metric, self_first)
+
+    @op.register_fake
+    def _(query, key, k, metric, self_first):
+        return query.new_empty(*query.shape[:-1], k, dtype=torch.int64)
+
+    def run(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool) -> Tensor:
+        return op(query.detach(), key.detach(), k, metric, self_first)
+
+    run.op = op
+    return run
 
 
 def define_spmm(backend: str, rows: RowsKernel, sampled: SampledKernel) -> Callable[..., Tensor]:
@@ -70,5 +94,5 @@ def define_spmm(backend: str, rows: RowsKernel, sampled: SampledKernel) -> Calla
         return op(s.row_ptr, s.col, s.row, s.col_ptr, s.t_col, s.from_t, s.val, x.contiguous(),
                   transpose)
 
-    spmm.op = op
+    spmm.op, spmm.sampled_op = op, sampled_op
     return spmm
