@@ -37,7 +37,7 @@ def _ms(seconds: float) -> str:
 
 
 def _mib(value) -> str:
-    return "n/a" if value is None else f"{value:,.1f}"
+    return "n/a" if value is None else f"{value:,.1f}" if value >= 1 else f"{value:.3f}"
 
 
 def _ratio(a, b) -> str:
@@ -58,7 +58,7 @@ def hypergraph_section(run: dict) -> list[str]:
              "(an N x N x k comparison and an O(N^3) merge product) and propagates in the cheaper "
              "dense order (here: two N x N halves per step).", "",
              "| stage | N | reference ms | sparse ms | speed-up | reference peak MiB | sparse peak MiB "
-             "| memory ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     stages = sorted({s for s, _, _ in cases}, key=["construction", "propagation",
                                                    "construction_propagation_backward"].index)
     for stage in stages:
@@ -72,6 +72,14 @@ def hypergraph_section(run: dict) -> list[str]:
                          f"{_ms(t_ref) if ref else 'not run'} | "
                          f"{_ms(t_fast) if fast else 'n/a'} | {_ratio(t_ref, t_fast)} | "
                          f"{_mib(m_ref)} | {_mib(m_fast)} | {_ratio(m_ref, m_fast)} |")
+    lines += ["", "The structure propagation runs over (the dense incidence, or the CSR tensors of "
+              "both directions), as built for these cases:", "",
+              "| N | reference MiB | sparse MiB | ratio |", "|---:|---:|---:|---:|"]
+    for n in sorted({n for _, n, _ in cases}):
+        ref, fast = cases.get(("propagation", n, "reference")), cases.get(("propagation", n, "sparse"))
+        s_ref = ref["extra_info"].get("structure_mib") if ref else None
+        s_fast = fast["extra_info"].get("structure_mib") if fast else None
+        lines.append(f"| {n:,} | {_mib(s_ref)} | {_mib(s_fast)} | {_ratio(s_ref, s_fast)} |")
     return lines
 
 

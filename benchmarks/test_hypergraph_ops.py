@@ -24,6 +24,13 @@ def inputs(n):
     return z, x
 
 
+def structure_mib(hypergraph) -> float:
+    """Memory of the structure propagation runs over: the dense incidence, or the CSR tensors."""
+    tensors = [hypergraph] if isinstance(hypergraph, torch.Tensor) else \
+        [t for t in hypergraph if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
 def stage_fn(stage, backend, n):
     z, x = inputs(n)
     if stage == "construction":
@@ -33,6 +40,7 @@ def stage_fn(stage, backend, n):
         def forward():
             with torch.no_grad():
                 return ops.hypergraph_mixprop(x, h, DEPTH, BETA, backend=backend)
+        forward.hypergraph = h
         return forward
     zz, xx = z.clone().requires_grad_(), x.clone().requires_grad_()
 
@@ -53,6 +61,8 @@ def test_hypergraph_stage(benchmark, stage, backend, n):
     fn()                                                            # warm up
     peak = call_peak_mib(fn)
     benchmark.pedantic(fn, rounds=3 if slow else 5, warmup_rounds=0)
+    structure = structure_mib(fn.hypergraph) if stage == "propagation" else None
     benchmark.extra_info.update(stage=stage, backend=backend, n=n, d=D, k=K, features=C * T,
+                                structure_mib=None if structure is None else round(structure, 3),
                                 call_peak_mib=None if peak is None else round(peak, 2),
                                 torch_threads=torch.get_num_threads())
