@@ -1,20 +1,13 @@
-"""Benchmark helpers: peak resident memory, of the process and of one call.
-
-A call's own peak is read from the resident high-water mark, which sees only memory that grows the
-resident set: memory that glibc kept from earlier frees would hide it. So the benchmark process
-runs with ``MALLOC_MMAP_THRESHOLD_=65536`` (allocations of 64 KiB and more are mapped on demand and
-returned on free): this module re-executes pytest with it set if it is not. Both backends of every
-comparison run under the same setting.
-"""
+"""Benchmark helpers: peak resident memory, of the process and of one call."""
 
 import os
 import resource
+import subprocess
 import sys
-from typing import Callable
+from pathlib import Path
 
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    os.execv(sys.executable, [sys.executable, "-m", "pytest", *sys.argv[1:]])
+HERE = Path(__file__).parent
+MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def peak_rss_mib() -> float:
@@ -32,15 +25,26 @@ def _status_mib(field: str) -> float:
     raise KeyError(field)
 
 
-def call_peak_mib(fn: Callable[[], object]) -> float | None:
-    """Peak memory ``fn()`` adds to this process, in MiB: the resident high-water mark is reset
-    (Linux ``/proc/self/clear_refs``), ``fn`` runs, and the new mark minus the resident size before
-    the call is returned; None where the kernel does not offer the reset."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-        before = _status_mib("VmRSS:")
-    except OSError:
-        return None
+def own_peak_mib(fn) -> float:
+    """Reset the resident high-water mark (Linux ``/proc/self/clear_refs``), call ``fn``, return the
+    new mark minus the resident size before the call."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    before = _status_mib("VmRSS:")
     fn()
     return _status_mib("VmHWM:") - before
+
+
+def call_peak_mib(module: str, factory: str, *args) -> float | None:
+    """Peak memory one call of ``module.factory(*args)()`` adds, in MiB, measured in a fresh
+    process (after one warm-up call) with ``MALLOC_MMAP_THRESHOLD_=65536``: allocations of 64 KiB
+    and more are mapped on demand and returned on free, so that memory glibc kept from earlier frees
+    cannot hide the call's growth. The timings run in the benchmark process, with the normal
+    allocator. None where the high-water mark cannot be reset (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import conftest, {module} as m; "
+            f"fn = m.{factory}(*{args!r}); fn(); print(conftest.own_peak_mib(fn))")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **MMAP_ENV},
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])

@@ -53,8 +53,9 @@ def hypergraph_section(run: dict) -> list[str]:
              "```", "python -m pytest benchmarks/test_hypergraph_ops.py "
              "--benchmark-json=benchmarks/hypergraph_ops.json", "```", "", _machine(run), "",
              "d = 40, k = 3, MixProp depth 2 over F = 32 x 12 (B = 1). Median of the rounds (5; 3 for "
-             "the reference's construction at N = 8,600); peak = the memory one call adds to the "
-             "process (resident high-water mark). The reference builds the merged incidence densely "
+             "the reference's construction at N = 8,600); peak = the memory one call adds to a "
+             "process (resident high-water mark, measured in a separate process with mmap-backed "
+             "allocations, see benchmarks/conftest.py). The reference builds the merged incidence densely "
              "(an N x N x k comparison and an O(N^3) merge product) and propagates in the cheaper "
              "dense order (here: two N x N halves per step).", "",
              "| stage | N | reference ms | sparse ms | speed-up | reference peak MiB | sparse peak MiB "

@@ -1,7 +1,8 @@
 """The hypergraph's two stages, ``sparse`` vs ``reference`` on this machine's CPU, at N = 207
 (LOS-LOOP), 883 (PEMS07(M)-size) and 8,600 (LargeST CA): construction (KNN over node features,
 d = 40, k = 3, merged hyperedges) and propagation (MixProp depth 2 over F = C x T = 32 x 12, B = 1,
-forward, and forward + backward). Each case records the call's own peak memory. Reproduce with:
+forward, and forward + backward). Each case records the call's own peak memory, measured in a
+separate process (see ``conftest.call_peak_mib``). Reproduce with:
 
     python -m pytest benchmarks/test_hypergraph_ops.py --benchmark-json=benchmarks/hypergraph_ops.json
     python benchmarks/render_results.py
@@ -59,7 +60,7 @@ def test_hypergraph_stage(benchmark, stage, backend, n):
         pytest.skip("the reference's dense construction takes ~30 s per call at N = 8,600")
     fn = stage_fn(stage, backend, n)
     fn()                                                            # warm up
-    peak = call_peak_mib(fn)
+    peak = call_peak_mib("test_hypergraph_ops", "stage_fn", stage, backend, n)
     benchmark.pedantic(fn, rounds=3 if slow else 5, warmup_rounds=0)
     structure = structure_mib(fn.hypergraph) if stage == "propagation" else None
     benchmark.extra_info.update(stage=stage, backend=backend, n=n, d=D, k=K, features=C * T,
