@@ -48,9 +48,12 @@ def probe(name: str) -> Found:
             return Found(name, False, f"no CUDA device (torch {torch.__version__} is {built})")
         return Found(name, True, f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}")
     if name == "extension":
-        if importlib.util.find_spec("sthfast._C") is None:
-            return Found(name, False, "not built (the C++/CUDA extension is not part of this version yet)")
-        return Found(name, True, "sthfast._C")
+        from . import extension  # noqa: PLC0415
+
+        if not extension.available():
+            return Found(name, False, f"{extension.load()}: pool_patch runs the reference")
+        cuda = "with" if extension.has_cuda_kernels() else "without"
+        return Found(name, True, f"sthfast._C, CPU kernels, {cuda} CUDA kernels")
     raise ValueError(f"unknown optional piece {name!r}")
 
 

@@ -12,7 +12,10 @@ def test_info_reports_backends_and_backbone(capsys):
     out = capsys.readouterr().out
     for piece in backends.OPTIONAL:
         assert piece in out
-    assert "pool_patch             cpu: reference" in out
+    from sthfast import extension
+
+    assert f"pool_patch             cpu: {'cpp' if extension.available() else 'reference'}" in out
+    assert "knn_hypergraph         cpu: sparse" in out
     assert "minilm (all-MiniLM-L6-v2) at" in out
 
 

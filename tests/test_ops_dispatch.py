@@ -6,24 +6,27 @@ import torch
 from sthfast import backends, ops, reference
 
 
-def test_auto_resolves_to_sparse_on_cpu_for_every_graph_op():
+def test_auto_picks_per_op_on_cpu():
+    from sthfast import extension
+
     assert set(ops.OPS) == {"pool_patch", "topk_neighbors", "knn_hypergraph", "hypergraph_mixprop",
                             "adaptive_graph", "graph_mixprop", "static_graph"}
     for op in ops.OPS:
-        assert ops.resolve(op, "auto", "cpu") == ("reference" if op == "pool_patch" else "sparse")
+        want = ("cpp" if extension.available() else "reference") if op == "pool_patch" else "sparse"
+        assert ops.resolve(op, "auto", "cpu") == want
         assert ops.resolve(op, "reference", "cpu") == "reference"
 
 
 def test_unknown_and_unusable_backends_are_clear_errors():
     with pytest.raises(ValueError, match="backend='magic' is not one of"):
         ops.resolve("pool_patch", "magic", "cpu")
-    assert ops.resolve("pool_patch", "sparse", "cpu") == "reference"  # sparse lacks it: auto decides
+    assert ops.resolve("pool_patch", "sparse", "cpu") == ops.resolve("pool_patch", "auto", "cpu")
     with pytest.raises(ValueError, match="is not one of"):
         ops.register("pool_patch", "magic", lambda *a: None)
 
 
 def test_auto_prefers_a_registered_fast_path_only_where_it_runs(monkeypatch):
-    monkeypatch.setitem(ops._REGISTRY, "pool_patch", dict(ops._REGISTRY["pool_patch"]))
+    monkeypatch.setitem(ops._REGISTRY, "pool_patch", {"reference": ops._REGISTRY["pool_patch"]["reference"]})
     calls = []
 
     def fast(*args):

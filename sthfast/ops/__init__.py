@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import backends, reference, sparse
+from .. import backends, extension, reference, sparse
 
 AUTO_ORDER = ("triton", "cuda", "cpp", "faiss", "sparse", "reference")
 PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
@@ -67,10 +67,19 @@ def _impl(op: str, backend: str, device: torch.device) -> Callable:
 
 
 def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, eps: float = 1e-5,
-               *, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+               node_mask: Tensor | None = None, *, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """``x[B, T, N, F]`` -> ``patches[B, F, L, P], mean[B, F], std[B, F]``; see
     :func:`sthfast.reference.pool_patch`."""
-    return _impl("pool_patch", backend, x.device)(x, patch_len, stride, normalize, eps)
+    if x.dim() != 4:
+        raise ValueError(f"x must be [B, T, N, F], got shape {list(x.shape)}")
+    if not (1 <= patch_len and 1 <= stride):
+        raise ValueError(f"patch_len={patch_len} and stride={stride} must be at least 1")
+    if patch_len > x.shape[1] + stride:
+        raise ValueError(f"patch_len={patch_len} is longer than the {x.shape[1]} steps padded by "
+                         f"stride {stride}")
+    if node_mask is not None and node_mask.shape not in ((x.shape[2],), (x.shape[0], x.shape[2])):
+        raise ValueError(f"node_mask {list(node_mask.shape)} must be [N] or [B, N] for x {list(x.shape)}")
+    return _impl("pool_patch", backend, x.device)(x, patch_len, stride, normalize, eps, node_mask)
 
 
 def _check_points(name: str, points: Tensor, k: int, keys: Tensor | None = None) -> None:
@@ -173,6 +182,12 @@ for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", refere
     register(_op, "reference", _fn)
 for _op, _fn in sparse.OPS.items():  # torch's sparse CSR kernels: CPU (MKL) and CUDA (cuSPARSE)
     register(_op, "sparse", _fn, supports=lambda device: device.type in ("cpu", "cuda"))
+
+
+register("pool_patch", "cpp", extension.pool_patch,
+         supports=lambda device: device.type == "cpu" and extension.available())
+register("pool_patch", "cuda", extension.pool_patch,
+         supports=lambda device: device.type == "cuda" and extension.has_cuda_kernels())
 
 
 def _triton_auto(device: torch.device) -> bool:

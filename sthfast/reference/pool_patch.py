@@ -6,8 +6,13 @@ import torch
 from torch import Tensor
 
 
+def num_patches(steps: int, patch_len: int, stride: int) -> int:
+    """``L = (T + S - P) // S + 1``: patches of length P, stride S over T steps padded by S."""
+    return (steps + stride - patch_len) // stride + 1
+
+
 def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True,
-               eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+               eps: float = 1e-5, node_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Mean over nodes, optional instance normalisation, replicate-padded patching.
 
     Args:
@@ -16,12 +21,20 @@ def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True,
             with S copies of its last value, giving ``L = (T + S - P) // S + 1`` patches.
         normalize: z-score each pooled series over time (RevIN-style) before patching.
         eps: added to the variance.
+        node_mask: ``[N]`` or ``[B, N]`` (bool or 0/1): average only the present sensors; a
+            sample with none pools to 0.
 
     Returns:
         ``patches [B, F, L, P]``, ``mean [B, F]``, ``std [B, F]`` (0 and 1 when not normalising),
         so that ``pooled = patches_series * std + mean``.
     """
-    pooled = x.mean(dim=2).transpose(1, 2)                      # [B, F, T]
+    if node_mask is None:
+        pooled = x.mean(dim=2).transpose(1, 2)                  # [B, F, T]
+    else:
+        w = node_mask.to(x.dtype).expand(x.shape[0], x.shape[2])  # [B, N]
+        total = w.sum(1, keepdim=True)
+        coef = torch.where(total > 0, w / torch.where(total > 0, total, torch.ones_like(total)), 0.0)
+        pooled = torch.einsum("btnf,bn->bft", x, coef)
     if normalize:
         mean = pooled.mean(dim=-1)                               # [B, F]
         std = (pooled.var(dim=-1, unbiased=False) + eps).sqrt()  # [B, F]

@@ -1,0 +1,17 @@
+// The op schemas of the extension, and the module stub that lets Python import it as sthfast._C.
+// Kernels register per device in csrc/cpu/ and csrc/cuda/; autograd and fake tensors are registered
+// from Python (sthfast/extension.py), so that the op composes with torch.compile.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(sthfast, m) {
+  m.def("pool_patch_forward(Tensor x, int patch_len, int stride, bool normalize, float eps, "
+        "Tensor? weight) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("pool_patch_backward(Tensor grad_patches, Tensor grad_mean, Tensor grad_std, Tensor series, "
+        "Tensor std, Tensor? weight, int num_nodes, int stride, bool normalize) -> Tensor");
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "sthfast C++/CUDA ops", -1, nullptr};
+  return PyModule_Create(&module);
+}

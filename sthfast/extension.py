@@ -1,0 +1,84 @@
+"""The compiled extension ``sthfast._C`` (``csrc/``, built from ``CMakeLists.txt``): the fused
+pool + patch op, CPU kernels always, CUDA kernels where the build had nvcc and a CUDA torch.
+
+The C++ side defines ``sthfast::pool_patch_forward`` / ``sthfast::pool_patch_backward`` and their
+device kernels; this module adds what makes them a complete PyTorch op: fake (meta) kernels for
+``torch.compile`` and the autograd rule. Nothing here fails when the extension is missing:
+:func:`available` says so, and ``backend="auto"`` then uses the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from .reference.pool_patch import num_patches
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> str | None:
+    """Import the extension once; None when it loaded, else why not (one line)."""
+    try:
+        from . import _C  # noqa: F401, PLC0415 (importing registers the ops)
+    except ImportError as err:
+        return f"not built ({err}); see csrc/README.md"
+    _register_python_parts()
+    return None
+
+
+def available() -> bool:
+    """Whether the extension's CPU kernels can run."""
+    return load() is None
+
+
+def has_cuda_kernels() -> bool:
+    """Whether the extension was compiled with its CUDA kernels."""
+    return available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "sthfast::pool_patch_forward", "CUDA")
+
+
+def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, eps: float = 1e-5,
+               node_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The extension's fused op, same contract as :func:`sthfast.reference.pool_patch`: one pass
+    over ``x [B, T, N, F]`` forward, one backward."""
+    weight = None if node_mask is None else node_mask.to(x.dtype)
+    patches, mean, std, _ = torch.ops.sthfast.pool_patch_forward(x, patch_len, stride, normalize,
+                                                                 eps, weight)
+    return patches, mean, std
+
+
+def _register_python_parts() -> None:
+    @torch.library.register_fake("sthfast::pool_patch_forward")
+    def _(x, patch_len, stride, normalize, eps, weight):
+        b, t, _, f = x.shape
+        return (x.new_empty(b, f, num_patches(t, patch_len, stride), patch_len), x.new_empty(b, f),
+                x.new_empty(b, f), x.new_empty(b, f, t))
+
+    @torch.library.register_fake("sthfast::pool_patch_backward")
+    def _(grad_patches, grad_mean, grad_std, series, std, weight, num_nodes, stride, normalize):
+        b, f, t = series.shape
+        return series.new_empty(b, t, num_nodes, f)
+
+    def setup_context(ctx, inputs, output):
+        x, patch_len, stride, normalize, _, weight = inputs
+        _, _, std, series = output
+        ctx.mark_non_differentiable(series)
+        ctx.save_for_backward(series, std, weight)
+        ctx.num_nodes, ctx.patch_len, ctx.stride, ctx.normalize = x.shape[2], patch_len, stride, normalize
+
+    def backward(ctx, grad_patches, grad_mean, grad_std, _):
+        series, std, weight = ctx.saved_tensors
+        b, f, t = series.shape
+        zeros = series.new_zeros(b, f)
+        if grad_patches is None:
+            grad_patches = series.new_zeros(b, f, num_patches(t, ctx.patch_len, ctx.stride), ctx.patch_len)
+        grad_x = torch.ops.sthfast.pool_patch_backward(
+            grad_patches, zeros if grad_mean is None else grad_mean,
+            zeros if grad_std is None else grad_std, series, std, weight, ctx.num_nodes, ctx.stride,
+            ctx.normalize)
+        return grad_x, None, None, None, None, None
+
+    torch.library.register_autograd("sthfast::pool_patch_forward", backward,
+                                    setup_context=setup_context)

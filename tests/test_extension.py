@@ -1,0 +1,113 @@
+"""The C++ extension's fused pool + patch against the reference: forward and backward, masks,
+awkward shapes; its registration as an op (opcheck, torch.compile); the fallback when it is absent."""
+
+import pytest
+import torch
+
+from sthfast import backends, extension, ops
+
+pytestmark = pytest.mark.skipif(not extension.available(),
+                                reason=f"the C++ extension is not built: {extension.load()}")
+
+SHAPES = [  # B, T, N, F, patch_len, stride
+    (3, 12, 7, 1, 4, 2), (2, 11, 5, 3, 4, 3), (1, 9, 13, 2, 2, 4), (2, 5, 1, 1, 6, 1), (1, 1, 3, 1, 1, 1),
+]
+
+
+def both(x, *args, **kwargs):
+    return (ops.pool_patch(x, *args, **kwargs, backend="cpp"),
+            ops.pool_patch(x, *args, **kwargs, backend="reference"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_backward_equal_the_reference(shape, masked, normalize, dtype):
+    b, t, n, f, p, s = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(b, t, n, f, generator=g, dtype=torch.float64).to(dtype)
+    mask = (torch.rand(b, n, generator=g) < 0.6) if masked else None
+    if masked:
+        mask[0] = False                                              # a sample with no sensor
+    grads = []
+    for backend in ("cpp", "reference"):
+        xx = x.clone().requires_grad_()
+        out = ops.pool_patch(xx, p, s, normalize, 1e-5, mask, backend=backend)
+        weights = [torch.linspace(-1, 2, o.numel(), dtype=dtype).view_as(o) for o in out]
+        sum((o * w).sum() for o, w in zip(out, weights)).backward()  # gradients through mean / std too
+        grads.append((out, xx.grad))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    (out_cpp, g_cpp), (out_ref, g_ref) = grads
+    for got, want in zip(out_cpp, out_ref):
+        torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(g_cpp, g_ref, **tol)
+
+
+def test_gradcheck_and_opcheck():
+    x = torch.randn(2, 10, 4, 2, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda v: extension.pool_patch(v, 4, 3, True, 1e-5, mask), (x,))
+    torch.library.opcheck(torch.ops.sthfast.pool_patch_forward.default, (x, 4, 3, True, 1e-5, mask))
+    torch.library.opcheck(torch.ops.sthfast.pool_patch_forward.default, (x, 3, 2, False, 1e-5, None))
+
+
+def test_compiles_into_one_graph():
+    x = torch.randn(2, 12, 5, 1)
+    compiled = torch.compile(lambda v: extension.pool_patch(v, 4, 2)[0].sum(), backend="aot_eager",
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(x), extension.pool_patch(x, 4, 2)[0].sum())
+
+
+def test_empty_batch_and_bad_input():
+    out = ops.pool_patch(torch.randn(0, 12, 5, 1), 4, 2, backend="cpp")
+    assert [o.shape for o in out] == [(0, 1, 6, 4), (0, 1), (0, 1)]
+    with pytest.raises(ValueError, match=r"must be \[B, T, N, F\]"):
+        ops.pool_patch(torch.randn(12, 5, 1), 4, 2, backend="cpp")
+    with pytest.raises(ValueError, match=r"patch_len=7 is longer than the 5 steps padded by stride 1"):
+        ops.pool_patch(torch.randn(2, 5, 3, 1), 7, 1, backend="cpp")
+    with pytest.raises(ValueError, match=r"node_mask \[4\] must be \[N\] or \[B, N\]"):
+        ops.pool_patch(torch.randn(2, 12, 5, 1), 4, 2, node_mask=torch.ones(4), backend="cpp")
+
+
+def test_auto_picks_the_extension_on_cpu_and_the_model_agrees_with_the_reference(small_config):
+    from sthfast import STHSepNet
+
+    assert ops.resolve("pool_patch", "auto", "cpu") == "cpp"
+    assert backends.probe("extension").ok
+    x = torch.randn(3, 12, 11, 1, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for backend in ("cpp", "reference"):
+        torch.manual_seed(0)
+        model = STHSepNet(small_config(backend=backend, fusion="temporal_only"))
+        y = model(x)
+        y.pow(2).mean().backward()
+        outs.append((y, [p.grad for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    for got, want in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(got, want)
+
+
+def test_without_the_extension_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(extension, "available", lambda: False)
+    assert ops.resolve("pool_patch", "auto", "cpu") == "reference"
+    with pytest.raises(ValueError, match="backend 'cpp' cannot run pool_patch on cpu"):
+        ops.resolve("pool_patch", "cpp", "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_kernels_equal_the_reference():
+    assert extension.has_cuda_kernels(), "the extension was built without its CUDA kernels"
+    x = torch.randn(4, 24, 300, 2, dtype=torch.float64)
+    mask = torch.rand(4, 300) < 0.7
+    for normalize in (True, False):
+        xx = x.cuda().requires_grad_()
+        out = ops.pool_patch(xx, 6, 4, normalize, 1e-5, mask.cuda(), backend="cuda")
+        sum(o.sum() * (i + 1) for i, o in enumerate(out)).backward()
+        xr = x.clone().requires_grad_()
+        ref = ops.pool_patch(xr, 6, 4, normalize, 1e-5, mask, backend="reference")
+        sum(o.sum() * (i + 1) for i, o in enumerate(ref)).backward()
+        for got, want in zip(out, ref):
+            torch.testing.assert_close(got.cpu(), want)
+        torch.testing.assert_close(xx.grad.cpu(), xr.grad)
