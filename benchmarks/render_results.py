@@ -84,8 +84,30 @@ def hypergraph_section(run: dict) -> list[str]:
     return lines
 
 
+def pool_patch_section(run: dict) -> list[str]:
+    cases = {(b["extra_info"]["stage"], b["extra_info"]["n"], b["extra_info"]["backend"]): b
+             for b in run["benchmarks"]}
+    lines = ["## Pool + patch: the C++ extension (`cpp`) vs `reference` (CPU)", "",
+             "```", "python -m pytest benchmarks/test_pool_patch.py "
+             "--benchmark-json=benchmarks/pool_patch.json", "```", "", _machine(run), "",
+             "B = 32, T = 48, F = 1, patch 16, stride 8, RevIN on. Median of 20 rounds; peak as above.",
+             "", "| pass | N | reference ms | cpp ms | speed-up | reference peak MiB | cpp peak MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for stage in ("forward", "forward_backward"):
+        for n in sorted({n for s, n, _ in cases if s == stage}):
+            ref, fast = cases.get((stage, n, "reference")), cases.get((stage, n, "cpp"))
+            if ref is None or fast is None:
+                continue
+            lines.append(f"| {stage.replace('_', ' + ')} | {n:,} | {_ms(ref['stats']['median'])} | "
+                         f"{_ms(fast['stats']['median'])} | "
+                         f"{_ratio(ref['stats']['median'], fast['stats']['median'])} | "
+                         f"{_mib(ref['extra_info']['call_peak_mib'])} | "
+                         f"{_mib(fast['extra_info']['call_peak_mib'])} |")
+    return lines
+
+
 def gpu_section(run: dict | None) -> list[str]:
-    lines = ["## GPU: `triton` vs `sparse` (torch CUDA) vs `reference`", "",
+    lines = ["## GPU: `triton` vs `sparse` (torch CUDA) vs `reference`; the CUDA pool + patch", "",
              "```", "python -m pytest benchmarks/gpu --benchmark-json=benchmarks/gpu/triton_ops.json",
              "```", ""]
     if run is None:
@@ -108,6 +130,9 @@ def render() -> str:
     hyper = _load("hypergraph_ops.json")
     if hyper is not None:
         lines += hypergraph_section(hyper) + [""]
+    pool = _load("pool_patch.json")
+    if pool is not None:
+        lines += pool_patch_section(pool) + [""]
     lines += gpu_section(_load("gpu/triton_ops.json"))
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,9 @@
 """The C++ extension's fused pool + patch against the reference: forward and backward, masks,
 awkward shapes; its registration as an op (opcheck, torch.compile); the fallback when it is absent."""
 
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -111,3 +114,26 @@ def test_cuda_kernels_equal_the_reference():
         for got, want in zip(out, ref):
             torch.testing.assert_close(got.cpu(), want)
         torch.testing.assert_close(xx.grad.cpu(), xr.grad)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    """Compile-only check of csrc/cuda/ with nvcc against this torch's headers (about a minute). A
+    CPU build of torch lacks one generated CUDA header; a stub stands in for it. Running the kernels
+    needs a GPU: test_cuda_kernels_equal_the_reference."""
+    import sysconfig
+    from pathlib import Path
+
+    include = Path(torch.__file__).parent / "include"
+    stub = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#pragma once\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["nvcc", "-c", str(root / "csrc/cuda/pool_patch_cuda.cu"), "-o", str(tmp_path / "k.o"),
+         "-std=c++20", "-O2", "--expt-relaxed-constexpr", f"-I{include}",
+         f"-I{include / 'torch/csrc/api/include'}", f"-I{sysconfig.get_paths()['include']}",
+         f"-I{tmp_path}", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"],
+        capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -1,5 +1,6 @@
-"""The hypergraph stages on a CUDA device: ``triton`` vs ``sparse`` (torch CUDA ops) vs ``reference``
-(dense, where it fits), at N = 8,600, 100,000 and 1,000,000 (d = 40, k = 3, F = 32 x 12, B = 1).
+"""On a CUDA device: the hypergraph stages, ``triton`` vs ``sparse`` (torch CUDA ops) vs ``reference``
+(dense, where it fits), at N = 8,600, 100,000 and 1,000,000 (d = 40, k = 3, F = 32 x 12, B = 1); and
+the extension's CUDA pool + patch vs the reference.
 One call on a lent GPU runs all of it; skipped with a reason elsewhere:
 
     python -m pytest benchmarks/gpu --benchmark-json=benchmarks/gpu/triton_ops.json
@@ -55,3 +56,27 @@ def test_gpu_stage(benchmark, op, backend, n):
     benchmark.pedantic(synced, rounds=5, warmup_rounds=1)
     benchmark.extra_info.update(op=op, backend=backend, n=n, peak_gpu_mib=round(peak, 1),
                                 device=torch.cuda.get_device_name(0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [8_600, 100_000])
+@pytest.mark.parametrize("backend", ["reference", "cuda"])
+def test_gpu_pool_patch(benchmark, backend, n):
+    from sthfast import extension
+
+    if backend == "cuda" and not extension.has_cuda_kernels():
+        pytest.skip("the extension was built without its CUDA kernels")
+    x = torch.randn(32, 48, n, 1, device="cuda", requires_grad=True)
+
+    def step():
+        patches, mean, std = ops.pool_patch(x, 16, 8, backend=backend)
+        (patches.sum() + mean.sum() + std.sum()).backward()
+        torch.cuda.synchronize()
+
+    step()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    benchmark.pedantic(step, rounds=10, warmup_rounds=1)
+    benchmark.extra_info.update(op="pool_patch fwd+bwd (B=32, T=48)", backend=backend, n=n,
+                                peak_gpu_mib=round(peak, 1), device=torch.cuda.get_device_name(0))

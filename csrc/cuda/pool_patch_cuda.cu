@@ -6,8 +6,9 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 namespace sthfast {
@@ -118,7 +119,7 @@ PoolPatchOutputs pool_patch_forward_cuda(const at::Tensor& x_in, int64_t patch_l
   auto std = at::ones({B, F}, x.options());
   auto patches = at::empty({B, F, L, patch_len}, x.options());
   if (B * T * F == 0) return {patches, mean, std, series};
-  auto stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_patch_forward_cuda", [&] {
     pool_kernel<scalar_t><<<dim3(B * T, blocks_for(F)), kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), coef.data_ptr<scalar_t>(), series.data_ptr<scalar_t>(), T, N, F);
@@ -143,7 +144,7 @@ at::Tensor pool_patch_backward_cuda(const at::Tensor& grad_patches_in, const at:
   auto grad_pooled = at::empty({B, F, T}, series.options());
   auto grad_x = at::empty({B, T, N, F}, series.options());
   if (B * T * N * F == 0) return grad_x;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, series.scalar_type(), "pool_patch_backward_cuda", [&] {
     unpatch_normalize_kernel<scalar_t><<<blocks_for(B * F), kThreads, 0, stream>>>(
         grad_patches.data_ptr<scalar_t>(), series.data_ptr<scalar_t>(), grad_mean.data_ptr<scalar_t>(),
