@@ -12,6 +12,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <optional>
 #include <tuple>
@@ -20,15 +21,27 @@ namespace sthfast {
 
 using PoolPatchOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// Per-sample pooling weights: w[b, n] / sum_n w[b, n] (1 / N without weights); 0 if a sample has none.
-inline at::Tensor pooling_coefficients(const std::optional<at::Tensor>& weight, int64_t batch,
-                                       int64_t nodes, const at::TensorOptions& options) {
-  if (!weight.has_value()) return at::full({batch, nodes}, 1.0 / static_cast<double>(nodes), options);
-  auto w = weight->to(options).expand({batch, nodes}).contiguous();
+// Per-sample pooling weights w[b, n] / sum_n w[b, n], 0 for a sample with none: [B, N] in the
+// accumulation type (float for half inputs, so that the sum of a large mask cannot overflow).
+inline at::Tensor pooling_coefficients(const at::Tensor& weight, int64_t batch, int64_t nodes,
+                                       at::ScalarType dtype) {
+  auto w = weight.to(at::toOpMathType(dtype)).expand({batch, nodes}).contiguous();
   auto total = w.sum(1, /*keepdim=*/true);
   return at::where(total > 0, w / at::where(total > 0, total, at::ones_like(total)), at::zeros_like(w));
 }
 
+// The op's argument checks, shared by every device (the Python wrapper checks the same first).
+inline void check_arguments(const at::Tensor& x, int64_t patch_len, int64_t stride) {
+  TORCH_CHECK(x.dim() == 4, "pool_patch: x must be [B, T, N, F], got ", x.sizes());
+  TORCH_CHECK(x.size(1) >= 1 && x.size(2) >= 1, "pool_patch: x needs at least one step and one node, got ",
+              x.sizes());
+  TORCH_CHECK(patch_len >= 1 && stride >= 1, "pool_patch: patch_len and stride must be >= 1, got ",
+              patch_len, " and ", stride);
+  TORCH_CHECK(patch_len <= x.size(1) + stride, "pool_patch: patch_len ", patch_len,
+              " is longer than the ", x.size(1), " steps padded by stride ", stride);
+}
+
+// L = (T + S - P) / S + 1 (non-negative numerator once check_arguments passed).
 inline int64_t num_patches(int64_t steps, int64_t patch_len, int64_t stride) {
   return (steps + stride - patch_len) / stride + 1;
 }

@@ -24,7 +24,10 @@ def load() -> str | None:
         from . import _C  # noqa: F401, PLC0415 (importing registers the ops)
     except ImportError as err:
         return f"not built ({err}); see csrc/README.md"
-    _register_python_parts()
+    try:
+        _register_python_parts()
+    except Exception as err:  # noqa: BLE001 (e.g. a torch older than 2.4: no register_fake)
+        return f"built, but its Python registration failed ({err})"
     return None
 
 
@@ -43,7 +46,7 @@ def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, e
                node_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The extension's fused op, same contract as :func:`sthfast.reference.pool_patch`: one pass
     over ``x [B, T, N, F]`` forward, one backward."""
-    weight = None if node_mask is None else node_mask.to(x.dtype)
+    weight = None if node_mask is None else node_mask.detach().to(x.dtype)  # no gradient to a mask
     patches, mean, std, _ = torch.ops.sthfast.pool_patch_forward(x, patch_len, stride, normalize,
                                                                  eps, weight)
     return patches, mean, std
@@ -63,8 +66,10 @@ def _register_python_parts() -> None:
 
     def setup_context(ctx, inputs, output):
         x, patch_len, stride, normalize, _, weight = inputs
-        _, _, std, series = output
+        _, mean, std, series = output
         ctx.mark_non_differentiable(series)
+        if not normalize:                                    # mean 0 and std 1 are constants then
+            ctx.mark_non_differentiable(mean, std)
         ctx.save_for_backward(series, std, weight)
         ctx.num_nodes, ctx.patch_len, ctx.stride, ctx.normalize = x.shape[2], patch_len, stride, normalize
 

@@ -47,19 +47,45 @@ def test_forward_and_backward_equal_the_reference(shape, masked, normalize, dtyp
     torch.testing.assert_close(g_cpp, g_ref, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_and_non_contiguous_input(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 20, 9, 4, generator=g)[..., 1:2]             # a feature slice: not contiguous
+    assert not x.is_contiguous()
+    mask = torch.rand(3, 9, generator=g) < 0.7
+    for got, want in zip(*both(x.to(dtype), 4, 2, True, 1e-5, mask)):
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    for got, want in zip(*both(x, 4, 2, True, 1e-5, mask)):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_big_half_mask_does_not_overflow():
+    x = torch.ones(1, 2, 70_000, 1, dtype=torch.float16)            # 70,000 > float16's max 65,504
+    patches, _, _ = ops.pool_patch(x, 2, 1, False, node_mask=torch.ones(70_000), backend="cpp")
+    torch.testing.assert_close(patches.float(), torch.ones_like(patches, dtype=torch.float32),
+                               rtol=0, atol=2e-3)  # not 0: the mask sum is taken in float32
+
+
 def test_gradcheck_and_opcheck():
     x = torch.randn(2, 10, 4, 2, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda v: extension.pool_patch(v, 4, 3, True, 1e-5, mask), (x,))
+    one = torch.randn(3, 7, 1, 1, dtype=torch.float64, requires_grad=True)  # N = 1, F = 1
+    assert torch.autograd.gradcheck(lambda v: extension.pool_patch(v, 3, 2, False)[0], (one,))
     torch.library.opcheck(torch.ops.sthfast.pool_patch_forward.default, (x, 4, 3, True, 1e-5, mask))
     torch.library.opcheck(torch.ops.sthfast.pool_patch_forward.default, (x, 3, 2, False, 1e-5, None))
 
 
-def test_compiles_into_one_graph():
+def test_compiles_into_one_graph_forward_and_backward():
+    def loss(v):
+        patches, mean, std = extension.pool_patch(v, 4, 2)
+        return patches.pow(2).sum() + (mean * std).sum()
+
     x = torch.randn(2, 12, 5, 1)
-    compiled = torch.compile(lambda v: extension.pool_patch(v, 4, 2)[0].sum(), backend="aot_eager",
-                             fullgraph=True)
-    torch.testing.assert_close(compiled(x), extension.pool_patch(x, 4, 2)[0].sum())
+    xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.compile(loss, backend="aot_eager", fullgraph=True)(xc).backward()
+    loss(xe).backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
 
 
 def test_empty_batch_and_bad_input():
@@ -67,6 +93,13 @@ def test_empty_batch_and_bad_input():
     assert [o.shape for o in out] == [(0, 1, 6, 4), (0, 1), (0, 1)]
     with pytest.raises(ValueError, match=r"must be \[B, T, N, F\]"):
         ops.pool_patch(torch.randn(12, 5, 1), 4, 2, backend="cpp")
+    with pytest.raises(ValueError, match=r"with T, N >= 1"):
+        ops.pool_patch(torch.randn(2, 0, 3, 1), 1, 1, backend="cpp")
+    for bad in ((0, 2), (4, 0), (4, -1), (9, 2)):                   # the op itself checks too
+        with pytest.raises(RuntimeError, match="pool_patch: "):
+            torch.ops.sthfast.pool_patch_forward(torch.randn(2, 5, 3, 1), *bad, True, 1e-5, None)
+    with pytest.raises(RuntimeError, match="at least one step"):
+        torch.ops.sthfast.pool_patch_forward(torch.randn(2, 0, 3, 1), 1, 1, True, 1e-5, None)
     with pytest.raises(ValueError, match=r"patch_len=7 is longer than the 5 steps padded by stride 1"):
         ops.pool_patch(torch.randn(2, 5, 3, 1), 7, 1, backend="cpp")
     with pytest.raises(ValueError, match=r"node_mask \[4\] must be \[N\] or \[B, N\]"):
@@ -137,3 +170,25 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
          f"-I{tmp_path}", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"],
         capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cmake_configures_without_a_compiler_or_without_torch(tmp_path):
+    """The fallbacks the README promises: no C++ compiler, or a Python that cannot import torch (an
+    isolated build), configure without error and build nothing."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    no_torch = tmp_path / "python-without-torch"
+    no_torch.write_text(f"#!/bin/sh\nexec {sys.executable} -S -c 'raise SystemExit(1)' \"$@\"\n")
+    no_torch.chmod(0o755)
+    cases = {"no compiler": ({"CXX": "/nonexistent/c++"}, []),
+             "no torch": ({}, [f"-DPython_EXECUTABLE={no_torch}"])}
+    for name, (env, args) in cases.items():
+        done = subprocess.run(["cmake", "-S", str(root), "-B", str(tmp_path / name.replace(" ", "_")),
+                               *args], capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, **env})
+        assert done.returncode == 0, (name, done.stdout[-2000:], done.stderr[-2000:])
+        assert "building without the C++ extension" in done.stderr, (name, done.stderr[-2000:])

@@ -41,10 +41,10 @@ scalar_t dot_or_sum(const scalar_t* c, const scalar_t* x, int64_t n) {
 }
 
 // acc[f] = sum_n c[n] x[n F + f] for one (b, t) block of x; c == nullptr means c[n] = 1 / N (a plain
-// mean: one stream instead of two). float / double go through ATen's SIMD helpers (a reduction when
+// mean, summed first and divided once: one stream instead of two). float / double go through ATen's SIMD helpers (a reduction when
 // F = 1, an axpy per node otherwise); half types accumulate in float.
 template <typename scalar_t, typename acc_t>
-void weighted_node_sum(const scalar_t* x, const scalar_t* c, int64_t N, int64_t F, acc_t* acc) {
+void weighted_node_sum(const scalar_t* x, const acc_t* c, int64_t N, int64_t F, acc_t* acc) {
   std::fill(acc, acc + F, acc_t(0));
   if (N == 0) return;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -62,15 +62,17 @@ void weighted_node_sum(const scalar_t* x, const scalar_t* c, int64_t N, int64_t 
       for (int64_t f = 0; f < F; ++f) acc[f] /= static_cast<acc_t>(N);
   } else {
     for (int64_t n = 0; n < N; ++n) {
-      const acc_t cn = c == nullptr ? acc_t(1) / static_cast<acc_t>(N) : static_cast<acc_t>(c[n]);
+      const acc_t cn = c == nullptr ? acc_t(1) : c[n];
       for (int64_t f = 0; f < F; ++f) acc[f] += cn * static_cast<acc_t>(x[n * F + f]);
     }
+    if (c == nullptr)
+      for (int64_t f = 0; f < F; ++f) acc[f] /= static_cast<acc_t>(N);
   }
 }
 
 // out[n F + f] = c[n] g[f]: spreads one (b, t) gradient over the nodes.
 template <typename scalar_t, typename acc_t>
-void spread_over_nodes(const acc_t* g, const scalar_t* c, int64_t N, int64_t F, scalar_t* out) {
+void spread_over_nodes(const acc_t* g, const acc_t* c, int64_t N, int64_t F, scalar_t* out) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     using Vec = at::vec::Vectorized<scalar_t>;
     if (F == 1) {
@@ -81,7 +83,7 @@ void spread_over_nodes(const acc_t* g, const scalar_t* c, int64_t N, int64_t F, 
   }
   for (int64_t n = 0; n < N; ++n)
     for (int64_t f = 0; f < F; ++f)
-      out[n * F + f] = static_cast<scalar_t>(static_cast<acc_t>(c[n]) * g[f]);
+      out[n * F + f] = static_cast<scalar_t>(c[n] * g[f]);
 }
 
 }  // namespace
@@ -89,12 +91,12 @@ void spread_over_nodes(const acc_t* g, const scalar_t* c, int64_t N, int64_t F, 
 PoolPatchOutputs pool_patch_forward_cpu(const at::Tensor& x_in, int64_t patch_len, int64_t stride,
                                         bool normalize, double eps,
                                         const std::optional<at::Tensor>& weight) {
-  TORCH_CHECK(x_in.dim() == 4, "pool_patch: x must be [B, T, N, F], got ", x_in.sizes());
+  check_arguments(x_in, patch_len, stride);
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), T = x.size(1), N = x.size(2), F = x.size(3);
   const int64_t L = num_patches(T, patch_len, stride);
   // without weights the kernel takes a plain mean: no [B, N] coefficient tensor is built
-  auto coef = weight.has_value() ? pooling_coefficients(weight, B, N, x.options()) : at::Tensor();
+  auto coef = weight.has_value() ? pooling_coefficients(*weight, B, N, x.scalar_type()) : at::Tensor();
   auto series = at::empty({B, F, T}, x.options());
   auto mean = at::zeros({B, F}, x.options());
   auto std = at::ones({B, F}, x.options());
@@ -102,7 +104,7 @@ PoolPatchOutputs pool_patch_forward_cpu(const at::Tensor& x_in, int64_t patch_le
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_patch_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* cp = weight.has_value() ? coef.data_ptr<scalar_t>() : nullptr;
+    const acc_t* cp = weight.has_value() ? coef.data_ptr<acc_t>() : nullptr;
     scalar_t* sp = series.data_ptr<scalar_t>();
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(F);
@@ -149,7 +151,9 @@ at::Tensor pool_patch_backward_cpu(const at::Tensor& grad_patches_in, const at::
   auto grad_mean = grad_mean_in.contiguous(), grad_std = grad_std_in.contiguous(), std = std_in.contiguous();
   const int64_t B = series.size(0), F = series.size(1), T = series.size(2), N = num_nodes;
   const int64_t L = grad_patches.size(2), P = grad_patches.size(3);
-  auto coef = pooling_coefficients(weight, B, N, series.options());
+  auto coef = weight.has_value() ? pooling_coefficients(*weight, B, N, series.scalar_type())
+                                 : at::full({B, N}, 1.0 / static_cast<double>(N),
+                                            series.options().dtype(at::toOpMathType(series.scalar_type())));
   auto grad_pooled = at::empty({B, F, T}, series.options());
   auto grad_x = at::empty({B, T, N, F}, series.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, series.scalar_type(), "pool_patch_backward_cpu", [&] {
@@ -188,7 +192,7 @@ at::Tensor pool_patch_backward_cpu(const at::Tensor& grad_patches_in, const at::
         }
       }
     });
-    const scalar_t* cp = coef.data_ptr<scalar_t>();
+    const acc_t* cp = coef.data_ptr<acc_t>();
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> g(F);

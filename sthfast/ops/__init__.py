@@ -70,8 +70,8 @@ def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, e
                node_mask: Tensor | None = None, *, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """``x[B, T, N, F]`` -> ``patches[B, F, L, P], mean[B, F], std[B, F]``; see
     :func:`sthfast.reference.pool_patch`."""
-    if x.dim() != 4:
-        raise ValueError(f"x must be [B, T, N, F], got shape {list(x.shape)}")
+    if x.dim() != 4 or x.shape[1] < 1 or x.shape[2] < 1:
+        raise ValueError(f"x must be [B, T, N, F] with T, N >= 1, got shape {list(x.shape)}")
     if not (1 <= patch_len and 1 <= stride):
         raise ValueError(f"patch_len={patch_len} and stride={stride} must be at least 1")
     if patch_len > x.shape[1] + stride:

@@ -31,10 +31,11 @@ def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True,
     if node_mask is None:
         pooled = x.mean(dim=2).transpose(1, 2)                  # [B, F, T]
     else:
-        w = node_mask.to(x.dtype).expand(x.shape[0], x.shape[2])  # [B, N]
-        total = w.sum(1, keepdim=True)
+        w = node_mask.detach().to(torch.promote_types(x.dtype, torch.float32))  # a half sum of a
+        w = w.expand(x.shape[0], x.shape[2])                      # big mask would overflow
+        total = w.sum(1, keepdim=True)                            # [B, 1]
         coef = torch.where(total > 0, w / torch.where(total > 0, total, torch.ones_like(total)), 0.0)
-        pooled = torch.einsum("btnf,bn->bft", x, coef)
+        pooled = torch.einsum("btnf,bn->bft", x, coef.to(x.dtype))
     if normalize:
         mean = pooled.mean(dim=-1)                               # [B, F]
         std = (pooled.var(dim=-1, unbiased=False) + eps).sqrt()  # [B, F]
