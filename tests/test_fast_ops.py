@@ -337,6 +337,7 @@ print("ok")
 def test_sparse_path_allocates_no_n_by_n_tensor(tmp_path):
     """N = 40,000 with 1 GiB of address space above what the inputs take: any N x N buffer, even of
     bytes (1.6 GB), fails to allocate; the reference, which needs them, is refused."""
+    import os
     import subprocess
     import sys
 
@@ -344,8 +345,10 @@ def test_sparse_path_allocates_no_n_by_n_tensor(tmp_path):
     assert n * n > headroom
     script = tmp_path / "no_square.py"
     script.write_text(NO_SQUARE_SCRIPT)
-    run = lambda backend: subprocess.run([sys.executable, str(script), str(n), backend, str(headroom)],
-                                         capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # glibc reserves 64 MiB of address space per
+    run = lambda backend: subprocess.run(  # thread arena: a fixed count keeps the limit meaningful
+        [sys.executable, str(script), str(n), backend, str(headroom)], capture_output=True,
+        text=True, timeout=600, env=env)
     done = run("sparse")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
     refused = run("reference")                                     # the check can fail
