@@ -14,6 +14,8 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <cmath>
+
 #include <optional>
 #include <tuple>
 
@@ -44,6 +46,70 @@ inline void check_arguments(const at::Tensor& x, int64_t patch_len, int64_t stri
 // L = (T + S - P) / S + 1 (non-negative numerator once check_arguments passed).
 inline int64_t num_patches(int64_t steps, int64_t patch_len, int64_t stride) {
   return (steps + stride - patch_len) / stride + 1;
+}
+
+#ifdef __CUDACC__
+#define STHFAST_HOST_DEVICE __host__ __device__
+#else
+#define STHFAST_HOST_DEVICE
+#endif
+
+// The per-series work, one code for both devices (a CPU loop iteration, a CUDA thread). Forward:
+// normalise the pooled series s[T] in place (RevIN), write mean / std, cut the P-long patches.
+template <typename scalar_t, typename acc_t>
+STHFAST_HOST_DEVICE void normalize_and_patch(scalar_t* s, int64_t T, int64_t L, int64_t P, int64_t S,
+                                             bool normalize, double eps, scalar_t* mean,
+                                             scalar_t* stdev, scalar_t* patches) {
+  if (normalize) {
+    acc_t mu = 0, var = 0;
+    for (int64_t t = 0; t < T; ++t) mu += static_cast<acc_t>(s[t]);
+    mu /= static_cast<acc_t>(T);
+    for (int64_t t = 0; t < T; ++t) {
+      const acc_t d = static_cast<acc_t>(s[t]) - mu;
+      var += d * d;
+    }
+    using std::sqrt;
+    const acc_t sigma = sqrt(var / static_cast<acc_t>(T) + static_cast<acc_t>(eps));
+    for (int64_t t = 0; t < T; ++t) s[t] = static_cast<scalar_t>((static_cast<acc_t>(s[t]) - mu) / sigma);
+    *mean = static_cast<scalar_t>(mu);
+    *stdev = static_cast<scalar_t>(sigma);
+  }
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t j = 0; j < P; ++j) {
+      const int64_t t = l * S + j;
+      patches[l * P + j] = s[t < T - 1 ? t : T - 1];
+    }
+}
+
+// Backward of one series into g[T] (accumulation type): fold the patch gradients (overlaps add,
+// padding goes to the last step), then back through the normalisation, with the gradients of the
+// returned mean and std: g = (g_u - mean(g_u) - u mean(g_u u)) / std + g_mean / T + g_std u / T.
+template <typename scalar_t, typename acc_t>
+STHFAST_HOST_DEVICE void unpatch_and_unnormalize(const scalar_t* grad_patches, const scalar_t* u,
+                                                 scalar_t grad_mean, scalar_t grad_std, scalar_t stdev,
+                                                 int64_t T, int64_t L, int64_t P, int64_t S,
+                                                 bool normalize, acc_t* g) {
+  for (int64_t t = 0; t < T; ++t) g[t] = acc_t(0);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t j = 0; j < P; ++j) {
+      const int64_t t = l * S + j;
+      g[t < T - 1 ? t : T - 1] += static_cast<acc_t>(grad_patches[l * P + j]);
+    }
+  if (!normalize) return;
+  acc_t mean_g = 0, mean_gu = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    mean_g += g[t];
+    mean_gu += g[t] * static_cast<acc_t>(u[t]);
+  }
+  mean_g /= static_cast<acc_t>(T);
+  mean_gu /= static_cast<acc_t>(T);
+  const acc_t sigma = static_cast<acc_t>(stdev);
+  const acc_t gm = static_cast<acc_t>(grad_mean) / static_cast<acc_t>(T);
+  const acc_t gs = static_cast<acc_t>(grad_std) / static_cast<acc_t>(T);
+  for (int64_t t = 0; t < T; ++t) {
+    const acc_t ut = static_cast<acc_t>(u[t]);
+    g[t] = (g[t] - mean_g - ut * mean_gu) / sigma + gm + gs * ut;
+  }
 }
 
 PoolPatchOutputs pool_patch_forward_cpu(const at::Tensor& x, int64_t patch_len, int64_t stride,

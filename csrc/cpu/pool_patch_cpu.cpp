@@ -118,26 +118,9 @@ PoolPatchOutputs pool_patch_forward_cpu(const at::Tensor& x_in, int64_t patch_le
     scalar_t* dp = std.data_ptr<scalar_t>();
     scalar_t* pp = patches.data_ptr<scalar_t>();
     at::parallel_for(0, B * F, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bf = begin; bf < end; ++bf) {
-        scalar_t* s = sp + bf * T;
-        if (normalize) {
-          acc_t mu = 0, var = 0;
-          for (int64_t t = 0; t < T; ++t) mu += static_cast<acc_t>(s[t]);
-          mu /= static_cast<acc_t>(T);
-          for (int64_t t = 0; t < T; ++t) {
-            const acc_t d = static_cast<acc_t>(s[t]) - mu;
-            var += d * d;
-          }
-          const acc_t sigma = std::sqrt(var / static_cast<acc_t>(T) + static_cast<acc_t>(eps));
-          for (int64_t t = 0; t < T; ++t) s[t] = static_cast<scalar_t>((static_cast<acc_t>(s[t]) - mu) / sigma);
-          mp[bf] = static_cast<scalar_t>(mu);
-          dp[bf] = static_cast<scalar_t>(sigma);
-        }
-        scalar_t* out = pp + bf * L * patch_len;
-        for (int64_t l = 0; l < L; ++l)
-          for (int64_t j = 0; j < patch_len; ++j)
-            out[l * patch_len + j] = s[std::min(l * stride + j, T - 1)];
-      }
+      for (int64_t bf = begin; bf < end; ++bf)
+        normalize_and_patch<scalar_t, acc_t>(sp + bf * T, T, L, patch_len, stride, normalize, eps,
+                                             mp + bf, dp + bf, pp + bf * L * patch_len);
     });
   });
   return {patches, mean, std, series};
@@ -154,7 +137,7 @@ at::Tensor pool_patch_backward_cpu(const at::Tensor& grad_patches_in, const at::
   auto coef = weight.has_value() ? pooling_coefficients(*weight, B, N, series.scalar_type())
                                  : at::full({B, N}, 1.0 / static_cast<double>(N),
                                             series.options().dtype(at::toOpMathType(series.scalar_type())));
-  auto grad_pooled = at::empty({B, F, T}, series.options());
+  auto grad_pooled = at::empty({B, F, T}, series.options().dtype(at::toOpMathType(series.scalar_type())));
   auto grad_x = at::empty({B, T, N, F}, series.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, series.scalar_type(), "pool_patch_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -163,34 +146,11 @@ at::Tensor pool_patch_backward_cpu(const at::Tensor& grad_patches_in, const at::
     const scalar_t* gmp = grad_mean.data_ptr<scalar_t>();
     const scalar_t* gsp = grad_std.data_ptr<scalar_t>();
     const scalar_t* dp = std.data_ptr<scalar_t>();
-    scalar_t* gp = grad_pooled.data_ptr<scalar_t>();
+    acc_t* gp = grad_pooled.data_ptr<acc_t>();
     at::parallel_for(0, B * F, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> g(T);
-      for (int64_t bf = begin; bf < end; ++bf) {
-        std::fill(g.begin(), g.end(), acc_t(0));
-        const scalar_t* gpatch = gpp + bf * L * P;
-        for (int64_t l = 0; l < L; ++l)
-          for (int64_t j = 0; j < P; ++j) g[std::min(l * stride + j, T - 1)] += static_cast<acc_t>(gpatch[l * P + j]);
-        const scalar_t* u = up + bf * T;
-        if (normalize) {
-          acc_t mean_g = 0, mean_gu = 0;
-          for (int64_t t = 0; t < T; ++t) {
-            mean_g += g[t];
-            mean_gu += g[t] * static_cast<acc_t>(u[t]);
-          }
-          mean_g /= static_cast<acc_t>(T);
-          mean_gu /= static_cast<acc_t>(T);
-          const acc_t sigma = static_cast<acc_t>(dp[bf]);
-          const acc_t gm = static_cast<acc_t>(gmp[bf]) / static_cast<acc_t>(T);
-          const acc_t gs = static_cast<acc_t>(gsp[bf]) / static_cast<acc_t>(T);
-          for (int64_t t = 0; t < T; ++t) {
-            const acc_t ut = static_cast<acc_t>(u[t]);
-            gp[bf * T + t] = static_cast<scalar_t>((g[t] - mean_g - ut * mean_gu) / sigma + gm + gs * ut);
-          }
-        } else {
-          for (int64_t t = 0; t < T; ++t) gp[bf * T + t] = static_cast<scalar_t>(g[t]);
-        }
-      }
+      for (int64_t bf = begin; bf < end; ++bf)
+        unpatch_and_unnormalize<scalar_t, acc_t>(gpp + bf * L * P, up + bf * T, gmp[bf], gsp[bf], dp[bf],
+                                                 T, L, P, stride, normalize, gp + bf * T);
     });
     const acc_t* cp = coef.data_ptr<acc_t>();
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
@@ -198,7 +158,7 @@ at::Tensor pool_patch_backward_cpu(const at::Tensor& grad_patches_in, const at::
       std::vector<acc_t> g(F);
       for (int64_t bt = begin; bt < end; ++bt) {
         const int64_t b = bt / T, t = bt % T;
-        for (int64_t f = 0; f < F; ++f) g[f] = static_cast<acc_t>(gp[(b * F + f) * T + t]);
+        for (int64_t f = 0; f < F; ++f) g[f] = gp[(b * F + f) * T + t];
         spread_over_nodes(g.data(), cp + b * N, N, F, gx + bt * N * F);
       }
     });

@@ -50,33 +50,18 @@ __global__ void pool_kernel(const scalar_t* x, const acc_t* coef, scalar_t* seri
   }
 }
 
+// One thread per (b, f) series: the shared per-series code of csrc/pool_patch.h.
 template <typename scalar_t>
 __global__ void normalize_patch_kernel(scalar_t* series, scalar_t* mean, scalar_t* std,
                                        scalar_t* patches, int64_t BF, int64_t T, int64_t L,
                                        int64_t P, int64_t S, bool normalize, double eps) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t bf = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (bf >= BF) return;
-  scalar_t* s = series + bf * T;
-  if (normalize) {
-    acc_t mu = 0, var = 0;
-    for (int64_t t = 0; t < T; ++t) mu += static_cast<acc_t>(s[t]);
-    mu /= static_cast<acc_t>(T);
-    for (int64_t t = 0; t < T; ++t) {
-      const acc_t d = static_cast<acc_t>(s[t]) - mu;
-      var += d * d;
-    }
-    const acc_t sigma = sqrt(var / static_cast<acc_t>(T) + static_cast<acc_t>(eps));
-    for (int64_t t = 0; t < T; ++t) s[t] = static_cast<scalar_t>((static_cast<acc_t>(s[t]) - mu) / sigma);
-    mean[bf] = static_cast<scalar_t>(mu);
-    std[bf] = static_cast<scalar_t>(sigma);
-  }
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t j = 0; j < P; ++j) patches[(bf * L + l) * P + j] = s[min(l * S + j, T - 1)];
+  normalize_and_patch<scalar_t, at::opmath_type<scalar_t>>(series + bf * T, T, L, P, S, normalize,
+                                                           eps, mean + bf, std + bf, patches + bf * L * P);
 }
 
-// One thread per (b, f): fold the patch gradients onto the series (in the accumulation type), then
-// back through the normalisation. grad_pooled is an accumulation-type workspace [B, F, T].
+// One thread per (b, f) series; grad_pooled is an accumulation-type workspace [B, F, T].
 template <typename scalar_t, typename acc_t>
 __global__ void unpatch_normalize_kernel(const scalar_t* grad_patches, const scalar_t* series,
                                          const scalar_t* grad_mean, const scalar_t* grad_std,
@@ -84,27 +69,9 @@ __global__ void unpatch_normalize_kernel(const scalar_t* grad_patches, const sca
                                          int64_t T, int64_t L, int64_t P, int64_t S, bool normalize) {
   const int64_t bf = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (bf >= BF) return;
-  acc_t* g = grad_pooled + bf * T;
-  for (int64_t t = 0; t < T; ++t) g[t] = acc_t(0);
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t j = 0; j < P; ++j)
-      g[min(l * S + j, T - 1)] += static_cast<acc_t>(grad_patches[(bf * L + l) * P + j]);
-  if (!normalize) return;
-  const scalar_t* u = series + bf * T;
-  acc_t mean_g = 0, mean_gu = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    mean_g += g[t];
-    mean_gu += g[t] * static_cast<acc_t>(u[t]);
-  }
-  mean_g /= static_cast<acc_t>(T);
-  mean_gu /= static_cast<acc_t>(T);
-  const acc_t sigma = static_cast<acc_t>(std[bf]);
-  const acc_t gm = static_cast<acc_t>(grad_mean[bf]) / static_cast<acc_t>(T);
-  const acc_t gs = static_cast<acc_t>(grad_std[bf]) / static_cast<acc_t>(T);
-  for (int64_t t = 0; t < T; ++t) {
-    const acc_t ut = static_cast<acc_t>(u[t]);
-    g[t] = (g[t] - mean_g - ut * mean_gu) / sigma + gm + gs * ut;
-  }
+  unpatch_and_unnormalize<scalar_t, acc_t>(grad_patches + bf * L * P, series + bf * T, grad_mean[bf],
+                                           grad_std[bf], std[bf], T, L, P, S, normalize,
+                                           grad_pooled + bf * T);
 }
 
 // grad_x[b, t, n, f] = c[b, n] grad_pooled[b, f, t], a grid-stride loop over all of x.
