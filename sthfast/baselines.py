@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .data.calendar import calendar
 from .data.windows import SplitData
 
 BASELINES = ("last_value", "seasonal_average", "linear")
-DEFAULT_STEPS_PER_DAY = 288
 
 
 class LastValue:
@@ -27,25 +27,16 @@ class LastValue:
 
 class SeasonalAverage:
     """Mean of the training split at the same time of day and weekday; where that slot never occurs
-    in training, the same time of day; else the node's training mean. Without timestamps, the time of
-    day is the step index modulo ``steps_per_day`` (default 288, i.e. 5-minute data) and the weekday
-    the day index modulo 7."""
+    in training, the same time of day; else the node's training mean. The slots come from the
+    timestamps, else from the step index (:func:`sthfast.data.calendar.calendar`)."""
 
     def __init__(self, data: SplitData, steps_per_day: int | None = None):
         series = data.series
         values = series.values[:, :, data.target_feature].astype(np.float64)   # [T, N]
         n_train = data.boundaries[0]
-        steps = np.arange(series.num_steps)
-        if series.timestamps is not None and series.num_steps > 1:
-            seconds = series.timestamps.astype("datetime64[s]").astype(np.int64)
-            interval = max(int(np.median(np.diff(seconds))), 1)
-            day_slot = (seconds % 86400) // interval
-            weekday = ((seconds // 86400) + 3) % 7                          # 1970-01-01 was a Thursday
-        else:
-            per_day = steps_per_day or DEFAULT_STEPS_PER_DAY
-            day_slot, weekday = steps % per_day, (steps // per_day) % 7
-        per_day = int(day_slot.max()) + 1
-        week_slot = weekday * per_day + day_slot
+        cal = calendar(series, steps_per_day)
+        day_slot, per_day = cal.day_slot, cal.per_day
+        week_slot = cal.weekday * per_day + day_slot
         node_mean = np.nanmean(values[:n_train], axis=0)
         day_table = _slot_means(values[:n_train], day_slot[:n_train], per_day, node_mean)
         week_table = _slot_means(values[:n_train], week_slot[:n_train], 7 * per_day, None)

@@ -20,8 +20,9 @@ from .baselines import fit_baselines
 from .config import STHSepNetConfig, help_field
 from .data import load_adjacency, load_series, prepare
 from .data.adjacency import WEIGHTINGS
+from .data.calendar import TIME_FEATURES
 from .data.formats import EMBEDDED, SensorSeries
-from .data.windows import Scaler, SplitData, WindowDataset
+from .data.windows import Scaler, SplitData, WindowDataset, model_inputs
 from .metrics import ForecastMetrics, valid_mask
 from .model import STHSepNet
 from .nn.backbone import EMBEDDED as EMBEDDED_BACKBONE
@@ -48,9 +49,10 @@ class TrainConfig:
     adjacency_weighting: str = help_field("binary", "Edge-list weights: 'binary', 'cost' (the third column as is) or 'gaussian' (exp(-(cost/std)^2)).", choices=WEIGHTINGS)
     adjacency_ids: str | None = help_field(None, "Text file of sensor ids in node order, for edge lists that name ids (default: a .txt beside the .csv, if any).")
     csv_header: bool | None = help_field(None, "Whether a .csv series starts with a header row (default: guessed).")
-    steps_per_day: int | None = help_field(None, "Steps per day for the seasonal baseline when the data has no timestamps (default 288, i.e. 5-minute data).")
+    steps_per_day: int | None = help_field(None, "Steps per day for the seasonal baseline and --time-features when the data has no timestamps (default 288, i.e. 5-minute data; step 0 is taken as Monday midnight).")
     data_key: str | None = help_field(None, "Array (npz) or group (h5) holding the series, if not the default.")
     features: str | None = help_field(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow only).")
+    time_features: str | None = help_field(None, "Comma-separated calendar channels appended to every node's input: time_of_day (fraction of the day), day_of_week (weekday / 7); from the timestamps, else from --steps-per-day. Default none, as in the paper.")
     protocol: str = help_field("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.", choices=tuple(PROTOCOLS))
     zeros_missing: bool | None = help_field(None, "Treat exact zeros as missing readings (masked in loss and metrics); default: the protocol's (standard: yes, paper: no).")
     split: str = help_field("0.7,0.1,0.2", "Chronological train,val,test fractions.")
@@ -88,6 +90,10 @@ class TrainConfig:
             raise ValueError(f"steps_per_day={self.steps_per_day} must be >= 1")
         self.split_fractions()
         self.milestone_epochs()
+        names = self.time_feature_list()
+        if set(names) - set(TIME_FEATURES) or len(set(names)) != len(names):
+            raise ValueError(f"time_features={self.time_features!r}: a comma-separated subset of "
+                             f"{list(TIME_FEATURES)}, each at most once")
 
     def split_fractions(self) -> tuple[float, float, float]:
         parts = _numbers(self.split, float, "split")
@@ -100,6 +106,9 @@ class TrainConfig:
 
     def feature_list(self) -> list[int] | None:
         return _numbers(self.features, int, "features") if self.features else None
+
+    def time_feature_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.time_features.split(",") if p.strip()) if self.time_features else ()
 
     def missing_zeros(self) -> bool:
         return PROTOCOLS[self.protocol]["zeros_missing"] if self.zeros_missing is None else self.zeros_missing
@@ -159,7 +168,8 @@ def model_config(series: SensorSeries, tc: TrainConfig, overrides: dict[str, Any
     values.update(overrides)
     if values.get("backbone", EMBEDDED_BACKBONE) != EMBEDDED_BACKBONE:
         values["backbone"] = str(Path(values["backbone"]).expanduser().resolve())
-    return STHSepNetConfig(num_nodes=series.num_nodes, in_features=series.values.shape[2], **values)
+    in_features = series.values.shape[2] + len(tc.time_feature_list())
+    return STHSepNetConfig(num_nodes=series.num_nodes, in_features=in_features, **values)
 
 
 @torch.no_grad()
@@ -235,7 +245,8 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
         series.adjacency = load_adjacency(tc.adjacency, series.num_nodes, ids=tc.adjacency_ids,
                                           weighting=tc.adjacency_weighting)
     config = model_config(series, tc, model_overrides)
-    data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature)
+    data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature,
+                   time_features=tc.time_feature_list(), steps_per_day=tc.steps_per_day)
     run_meta = _run_meta(data, tc, config)
     zeros_missing, horizons = tc.missing_zeros(), PROTOCOLS[tc.protocol]["horizons"]
     device = resolve_device(tc.device)
@@ -377,9 +388,10 @@ def _series_for_checkpoint(meta: dict, data: str | None) -> tuple[SensorSeries, 
     tc = TrainConfig(**meta["train_config"])
     series = read_series(tc, data)
     config = STHSepNetConfig.from_dict(meta["config"])
-    if (series.num_nodes, series.values.shape[2]) != (config.num_nodes, config.in_features):
+    features = series.values.shape[2] + len(tc.time_feature_list())
+    if (series.num_nodes, features) != (config.num_nodes, config.in_features):
         raise ckpt.CheckpointError(f"the checkpoint is for N={config.num_nodes}, F={config.in_features}; "
-                                   f"{series.source} has N={series.num_nodes}, F={series.values.shape[2]}")
+                                   f"{series.source} gives N={series.num_nodes}, F={features}")
     if data is None and series.fingerprint() != meta["data_fingerprint"]:
         raise ckpt.CheckpointError(f"{series.source} changed since the checkpoint was trained on it; "
                                    "pass --data to evaluate on it anyway")
@@ -393,7 +405,8 @@ def evaluate(checkpoint: str | Path, data: str | None = None, device: str = "aut
     series, tc = _series_for_checkpoint(meta, data)
     config = model.config
     split = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), meta["target_feature"],
-                    scaler=Scaler.from_dict(meta["scaler"]))
+                    scaler=Scaler.from_dict(meta["scaler"]), time_features=tc.time_feature_list(),
+                    steps_per_day=tc.steps_per_day)
     dev = resolve_device(device)
     model.to(dev)
     zeros_missing = tc.missing_zeros()
@@ -408,11 +421,11 @@ def predict(checkpoint: str | Path, data: str, out: str | Path, device: str = "a
     every window of it); written to ``out`` (``.npz``) and returned."""
     model, meta = load_checkpoint(checkpoint)
     config = model.config
-    series, _ = _series_for_checkpoint(meta, data)
+    series, tc = _series_for_checkpoint(meta, data)
     if series.num_steps < config.seq_len:
         raise ValueError(f"{data}: {series.num_steps} steps, fewer than seq_len={config.seq_len}")
     scaler = Scaler.from_dict(meta["scaler"])
-    scaled = torch.from_numpy(np.nan_to_num(scaler.transform(series.values), nan=0.0).astype(np.float32))
+    scaled = model_inputs(series, scaler, tc.time_feature_list(), tc.steps_per_day)
     f = meta["target_feature"]
     mean, std = torch.from_numpy(scaler.mean[:, f]), torch.from_numpy(scaler.std[:, f])
     dev = resolve_device(device)

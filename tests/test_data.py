@@ -669,3 +669,38 @@ def _write_npz(tmp_path, values):
     path = tmp_path / "unseen.npz"
     np.savez(path, data=values)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. calendar channels
+
+
+def test_calendar_from_timestamps_and_from_step_index():
+    from sthfast.data.calendar import calendar
+
+    hours = np.datetime64("2024-01-03T05:00") + np.arange(60) * np.timedelta64(1, "h")   # a Wednesday
+    values = _values(60, 2)[:, :, None]
+    cal = calendar(SensorSeries(values, "hourly", hours.astype("datetime64[s]")))
+    assert cal.per_day == 24
+    assert cal.day_slot[0] == 5 and cal.weekday[0] == 2 and cal.day_slot[19] == 0 and cal.weekday[19] == 3
+    plain = calendar(SensorSeries(values, "plain"), steps_per_day=24)   # step 0 is Monday midnight
+    assert plain.per_day == 24 and plain.day_slot[29] == 5 and plain.weekday[29] == 1
+    np.testing.assert_allclose(cal.features(("time_of_day", "day_of_week"))[19], [0.0, 3 / 7])
+    with pytest.raises(ValueError, match="unknown time features"):
+        cal.features(("hour",))
+
+
+def test_prepare_appends_time_features_after_the_scaled_series(tmp_path, split_data):
+    times = np.datetime64("2024-01-01T00:00") + np.arange(T) * np.timedelta64(30, "m")   # a Monday
+    series = SensorSeries(_prep_values(), "with-times", times.astype("datetime64[s]"))
+    data = prepare(series, L, H, time_features=("day_of_week", "time_of_day"))
+    x, y, s = data.val[2]
+    assert x.shape == (L, N, F + 2)
+    np.testing.assert_array_equal(x[..., :F].numpy(), split_data.val[2][0].numpy())   # scaler unchanged
+    steps = s + np.arange(L)
+    expected_day = (steps // 48) / 7.0
+    expected_time = (steps % 48) / 48.0
+    for node in range(N):                                                  # the same for every node
+        np.testing.assert_allclose(x[:, node, F].numpy(), expected_day, rtol=1e-6)
+        np.testing.assert_allclose(x[:, node, F + 1].numpy(), expected_time, rtol=1e-6)
+    np.testing.assert_array_equal(y.numpy(), split_data.val[2][1].numpy())

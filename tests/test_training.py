@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from sthfast import STHSepNet, TrainConfig, evaluate, train
+from sthfast import STHSepNet, TrainConfig, evaluate, predict, train
 from sthfast.cli import main
 from sthfast.plots import PLOTS
 
@@ -214,11 +214,21 @@ def test_masked_mse_ignores_missing_targets():
     assert masked_mse(pred, target, valid_mask(target, True)).item() == pytest.approx(1.0)
 
 
-def test_python_api_train(tiny_backbones, tmp_path):
+def test_python_api_train_with_time_features(tiny_backbones, tmp_path):
     tc = TrainConfig(data="embedded", protocol="standard", epochs=1, max_batches=1, batch_size=4,
-                     out=str(tmp_path / "api"), plots=False, threads=1)
+                     out=str(tmp_path / "api"), plots=False, threads=1, time_features="time_of_day,day_of_week")
     summary = train(tc, backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
                     skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only")
     assert summary["epochs_run"] == 1 and Path(tc.out, "metrics.json").is_file()
+    model = STHSepNet.from_checkpoint(tc.out)
+    assert model.config.in_features == 3                    # speed + the two calendar channels
+    again = evaluate(tc.out)                                # the checkpoint rebuilds the same inputs
+    assert again["model"]["all"]["mae"] == pytest.approx(summary["test"]["model"]["all"]["mae"], rel=1e-5)
+    forecast = predict(tc.out, "embedded", tmp_path / "f.npz")["forecast"]
+    assert forecast.shape == (12, 207) and np.isfinite(forecast).all()
     with pytest.raises(ValueError, match=r"\['num_nodes'\] are read from the data"):
         train(TrainConfig(out=str(tmp_path / "x")), num_nodes=5)
+    with pytest.raises(ValueError, match="time_features='hour'"):
+        TrainConfig(time_features="hour")
+    with pytest.raises(ValueError, match="each at most once"):
+        TrainConfig(time_features="time_of_day,time_of_day")

@@ -4,7 +4,7 @@ chronological splits, per-node scaler and lazy sliding windows."""
 from .adjacency import load_adjacency
 from .embedded import embedded_path, load_embedded
 from .formats import DataError, SensorSeries, load_series
-from .windows import Scaler, SplitData, WindowDataset, prepare
+from .windows import Scaler, SplitData, WindowDataset, model_inputs, prepare
 
-__all__ = ["DataError", "Scaler", "SensorSeries", "SplitData", "WindowDataset", "embedded_path",
+__all__ = ["DataError", "Scaler", "SensorSeries", "SplitData", "WindowDataset", "embedded_path", "model_inputs",
            "load_adjacency", "load_embedded", "load_series", "prepare"]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .calendar import calendar
 from .formats import DataError, SensorSeries
 
 
@@ -40,8 +41,8 @@ class Scaler:
 
 
 class WindowDataset(Dataset):
-    """Windows of one split. Item ``i`` is ``(x [T, N, F], y [H, N], start)``: ``x`` scaled, with
-    missing inputs at 0 (the node's training mean); ``y`` the target feature on the original scale
+    """Windows of one split. Item ``i`` is ``(x [T, N, F'], y [H, N], start)``: ``x`` the model
+    inputs (:func:`model_inputs`: scaled, missing inputs at 0, then any calendar channels); ``y`` the target feature on the original scale
     with NaN where missing (masked in the loss and the metrics, never filled)."""
 
     def __init__(self, scaled: torch.Tensor, target: torch.Tensor, starts: np.ndarray,
@@ -83,11 +84,26 @@ class SplitData:
         return torch.from_numpy(self.scaler.mean[:, f]), torch.from_numpy(self.scaler.std[:, f])
 
 
+def model_inputs(series: SensorSeries, scaler: Scaler, time_features: tuple[str, ...] = (),
+                 steps_per_day: int | None = None) -> torch.Tensor:
+    """``[T, N, F + len(time_features)]`` float32: the scaled series with missing inputs at 0 (the
+    node's training mean), then the calendar channels (same for every node), e.g.
+    ``("time_of_day", "day_of_week")``."""
+    scaled = np.nan_to_num(scaler.transform(series.values), nan=0.0).astype(np.float32)
+    if time_features:
+        channels = calendar(series, steps_per_day).features(tuple(time_features))   # [T, c]
+        shape = (*scaled.shape[:2], channels.shape[1])
+        scaled = np.concatenate([scaled, np.broadcast_to(channels[:, None, :], shape)], axis=2)
+    return torch.from_numpy(np.ascontiguousarray(scaled))
+
+
 def prepare(series: SensorSeries, seq_len: int, pred_len: int,
             split: tuple[float, float, float] = (0.7, 0.1, 0.2), target_feature: int = 0,
-            scaler: Scaler | None = None) -> SplitData:
+            scaler: Scaler | None = None, time_features: tuple[str, ...] = (),
+            steps_per_day: int | None = None) -> SplitData:
     """Split chronologically, fit the scaler on the training steps (or use ``scaler``, e.g. a
-    checkpoint's), build the windows.
+    checkpoint's), build the windows; the inputs get the calendar channels ``time_features``
+    (:func:`model_inputs`).
 
     A window belongs to the split that holds all of its ``pred_len`` targets; validation and test
     inputs may reach back into the previous split (as BasicTS and the authors do). A node with no
@@ -115,8 +131,7 @@ def prepare(series: SensorSeries, seq_len: int, pred_len: int,
     elif scaler.mean.shape != series.values.shape[1:]:
         raise DataError(f"{series.source}: the scaler is for [N, F] = {list(scaler.mean.shape)}, "
                         f"the data has {list(series.values.shape[1:])}")
-    scaled = np.nan_to_num(scaler.transform(series.values), nan=0.0).astype(np.float32)
-    scaled_t = torch.from_numpy(scaled)
+    scaled_t = model_inputs(series, scaler, time_features, steps_per_day)
     target = torch.from_numpy(np.ascontiguousarray(series.values[:, :, target_feature]))
     sets = {name: WindowDataset(scaled_t, target, np.arange(max(lo, 0), hi + 1), seq_len, pred_len)
             for name, (lo, hi) in ranges.items()}
