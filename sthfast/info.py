@@ -29,10 +29,14 @@ def report(model_nodes: int | None = None) -> str:
         found = backends.probe(name)
         lines.append(f"  {name:22s} {'yes' if found.ok else 'no '}  {found.detail}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    lines += ["", "backend 'auto' picks, per op and device:"]
+    lines += ["", "backend 'auto' picks, per op and device (neighbour searches: below / from "
+                  f"{ops.FAISS_MIN_POINTS:,} points):"]
     for op in ops.OPS:
-        picks = ", ".join(f"{d}: {ops.resolve(op, 'auto', d)}" for d in devices)
-        lines.append(f"  {op:22s} {picks}")
+        picks = []
+        for d in devices:
+            small, large = ops.resolve(op, "auto", d), ops.resolve(op, "auto", d, ops.FAISS_MIN_POINTS)
+            picks.append(f"{d}: {small}" + (f" / {large}" if large != small else ""))
+        lines.append(f"  {op:22s} {', '.join(picks)}")
     lines += ["", "default backbone:"]
     try:
         from .nn.backbone import embedded_backbone_path  # noqa: PLC0415

@@ -268,7 +268,7 @@ def test_custom_ops_pass_opcheck(backend):
     a, b = torch.randn(4, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
     torch.library.opcheck(spmm.sampled_op, (s.row_ptr, s.row, s.col, a, b))
     z = torch.randn(2, 7, 3, generator=g)
-    torch.library.opcheck(topk.op, (z, z, 3, "l2", True))
+    torch.library.opcheck(topk.op, (z, z, 3, "l2", True, False))
 
 
 def test_construction_and_propagation_compile_as_one_graph():

@@ -74,9 +74,10 @@ def _topk_kernel(q_ptr, k_ptr, out_ptr, N, M, D, K: tl.constexpr, KP: tl.constex
 
 
 def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
-                   self_first: bool = False) -> Tensor:
+                   self_first: bool = False, approximate: bool = False) -> Tensor:
     """Same contract as :func:`sthfast.reference.topk_neighbors`: ``[..., N, k]`` int64. Scores
-    accumulate in float32 (float64 for float64 points)."""
+    accumulate in float32 (float64 for float64 points). The search is exact (``approximate``
+    permits an approximation, which this kernel never makes)."""
     batched = query.dim() == 3
     q = (query if batched else query.unsqueeze(0)).detach().contiguous()
     kk = (key if batched else key.unsqueeze(0)).detach().contiguous().to(q.dtype)

@@ -5,13 +5,15 @@ where it cannot run on the tensors' device) and leaves the ops it does not imple
 
 Each op has a reference implementation (:mod:`sthfast.reference`). Fast paths register themselves
 with :func:`register` under a backend name; ``backend="auto"`` takes the first registered backend in
-:data:`AUTO_ORDER` that supports the tensors' device, and the reference when none does, so ``auto``
+:data:`AUTO_ORDER` that supports the tensors' device (and, for a neighbour search, the number of
+points: FAISS only from :data:`FAISS_MIN_POINTS`), and the reference when none does, so ``auto``
 never fails where the reference works.
 
-Constructor ops (``knn_hypergraph``, ``adaptive_graph``) return a structure that only the same
-backend's propagation op (``hypergraph_mixprop``, ``graph_mixprop``) understands, and ``auto``
-resolves each op on its own: so a backend registers both ops of a pair or neither (see
-:data:`PAIRS`; a test checks every registered backend).
+Constructor ops (``knn_hypergraph``, ``adaptive_graph``) return a structure that the same
+backend's propagation op (``hypergraph_mixprop``, ``graph_mixprop``) understands: a dense tensor
+for ``reference``, :class:`sthfast.sparse.SparseRows` for every other backend, so ``auto`` may
+resolve each op on its own. A backend registers both ops of a pair or neither (see :data:`PAIRS`;
+a test checks every registered backend).
 """
 
 from __future__ import annotations
@@ -21,49 +23,59 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import backends, extension, reference, sparse
+from .. import backends, extension, faiss_search, reference, sparse
 
 AUTO_ORDER = ("triton", "cuda", "cpp", "faiss", "sparse", "reference")
 PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
          ("static_graph", "graph_mixprop"))
 BACKEND_NAMES = ("auto",) + AUTO_ORDER
+# Points from which ``auto`` searches neighbours with FAISS rather than the tiled torch search:
+# where FAISS's flat search overtakes it on a 2-core CPU (benchmarks/test_neighbor_search.py).
+FAISS_MIN_POINTS = 4096
 
-# op name -> backend name -> (implementation, auto picks it on device, runs on device if named)
+# op name -> backend name -> (implementation, auto picks it on device, runs on device if named,
+#                             fewest points for auto)
 _REGISTRY: dict[str, dict[str, tuple[Callable, Callable[[torch.device], bool],
-                                     Callable[[torch.device], bool]]]] = {}
+                                     Callable[[torch.device], bool], int]]] = {}
 
 
 def _anywhere(device: torch.device) -> bool:
     return True
 
 
+def _nowhere(device: torch.device) -> bool:
+    return False
+
+
 def register(op: str, backend: str, fn: Callable,
              supports: Callable[[torch.device], bool] = _anywhere,
-             runs: Callable[[torch.device], bool] | None = None) -> None:
+             runs: Callable[[torch.device], bool] | None = None, min_points: int = 0) -> None:
     """Register ``fn`` as ``backend``'s implementation of ``op``: ``auto`` picks it on the devices
-    ``supports`` accepts; named explicitly it runs wherever ``runs`` accepts (default: the same,
-    wider for Triton's CPU interpreter)."""
+    ``supports`` accepts (for point sets of at least ``min_points``); named explicitly it runs
+    wherever ``runs`` accepts (default: the same, wider for Triton's CPU interpreter)."""
     if backend not in AUTO_ORDER:
         raise ValueError(f"backend {backend!r} is not one of {list(AUTO_ORDER)}")
-    _REGISTRY.setdefault(op, {})[backend] = (fn, supports, runs or supports)
+    _REGISTRY.setdefault(op, {})[backend] = (fn, supports, runs or supports, min_points)
 
 
-def resolve(op: str, backend: str, device: torch.device | str) -> str:
-    """The backend that runs ``op`` on ``device`` when asked for ``backend``."""
+def resolve(op: str, backend: str, device: torch.device | str, points: int = 0) -> str:
+    """The backend that runs ``op`` on ``device`` (over ``points`` points, for a neighbour
+    search) when asked for ``backend``."""
     device = torch.device(device)
     impls = _REGISTRY[op]
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend={backend!r} is not one of {list(BACKEND_NAMES)}")
     if backend == "auto" or backend not in impls:  # a backend that lacks the op leaves it to auto
-        return next(name for name in AUTO_ORDER if name in impls and impls[name][1](device))
+        return next(name for name in AUTO_ORDER
+                    if name in impls and impls[name][1](device) and points >= impls[name][3])
     if not impls[backend][2](device):
         usable = [name for name in AUTO_ORDER if name in impls and impls[name][2](device)]
         raise ValueError(f"backend {backend!r} cannot run {op} on {device}; usable here: {usable}")
     return backend
 
 
-def _impl(op: str, backend: str, device: torch.device) -> Callable:
-    return _REGISTRY[op][resolve(op, backend, device)][0]
+def _impl(op: str, backend: str, device: torch.device, points: int = 0) -> Callable:
+    return _REGISTRY[op][resolve(op, backend, device, points)][0]
 
 
 def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, eps: float = 1e-5,
@@ -106,24 +118,34 @@ def _check_fits(x: Tensor, structure) -> None:
 
 
 def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2", *,
+                   self_first: bool = False, approximate: bool = False,
                    backend: str = "auto") -> Tensor:
     """``query[..., N, d], key[..., M, d]`` -> indices ``[..., N, k]``, best first, ties to the
-    smaller index; see :func:`sthfast.reference.topk_neighbors`."""
+    smaller index; see :func:`sthfast.reference.topk_neighbors`. ``approximate`` lets the
+    ``faiss`` backend use an approximate index on large key sets (:mod:`sthfast.faiss_search`);
+    every other search is exact."""
     _check_points("query", query, k, key)
     if key.shape[:-2] != query.shape[:-2] or key.shape[-1] != query.shape[-1]:
         raise ValueError(f"key {list(key.shape)} does not match query {list(query.shape)}")
     if metric not in reference.neighbors.METRICS:
         raise ValueError(f"metric={metric!r} is not one of {list(reference.neighbors.METRICS)}")
-    return _impl("topk_neighbors", backend, query.device)(query, key, k, metric)
+    if self_first and query.shape != key.shape:
+        raise ValueError(f"self_first needs one point set: query {list(query.shape)}, key {list(key.shape)}")
+    impl = _impl("topk_neighbors", backend, query.device, key.shape[-2])
+    return impl(query, key, k, metric, self_first, approximate)
 
 
 def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0, *,
-                   backend: str = "auto"):
+                   neighbors: Tensor | None = None, backend: str = "auto"):
     """Node features ``z[..., N, d]`` -> the merged KNN hypergraph: the reference returns the dense
     incidence ``H [..., N, N]``, the other backends ``H^T`` as :class:`sthfast.sparse.SparseRows`;
-    see :func:`sthfast.reference.knn_hypergraph`."""
+    see :func:`sthfast.reference.knn_hypergraph`. ``neighbors [..., N, k]`` (self first, from
+    :func:`topk_neighbors` with ``self_first=True``) skips the search: the membership weights are
+    still computed from ``z``, so they stay differentiable."""
     _check_points("z", z, k)
-    return _impl("knn_hypergraph", backend, z.device)(z, k, binary, temperature)
+    if neighbors is not None and neighbors.shape != (*z.shape[:-1], k):
+        raise ValueError(f"neighbors {list(neighbors.shape)} must be [..., N, k] = {[*z.shape[:-1], k]}")
+    return _impl("knn_hypergraph", backend, z.device, z.shape[-2])(z, k, binary, temperature, neighbors)
 
 
 def hypergraph_mixprop(x: Tensor, hypergraph, depth: int, beta: float, *,
@@ -138,7 +160,7 @@ def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float, *, backend: str
     ``[N, N]``, the other backends :class:`sthfast.sparse.SparseRows`); see
     :func:`sthfast.reference.adaptive_graph`."""
     _check_points("m1", m1, k)
-    return _impl("adaptive_graph", backend, m1.device)(m1, m2, k, alpha)
+    return _impl("adaptive_graph", backend, m1.device, m1.shape[0])(m1, m2, k, alpha)
 
 
 def static_graph(adjacency: Tensor, *, backend: str = "auto"):
@@ -174,7 +196,12 @@ def _reference_graph_mixprop(x: Tensor, adjacency: Tensor, depth: int, beta: flo
     return reference.mixprop(x, lambda h: reference.apply_operator(h, operator), depth, beta)
 
 
-for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", reference.topk_neighbors),
+def _reference_topk(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool,
+                    approximate: bool) -> Tensor:
+    return reference.topk_neighbors(query, key, k, metric, self_first)   # always exact
+
+
+for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", _reference_topk),
                  ("knn_hypergraph", reference.knn_hypergraph),
                  ("hypergraph_mixprop", _reference_hypergraph_mixprop),
                  ("adaptive_graph", reference.adaptive_graph),
@@ -209,5 +236,20 @@ def _triton(op: str) -> Callable:
 
 for _op in sparse.OPS:
     register(_op, "triton", _triton(_op), supports=_triton_auto, runs=_triton_runs)
+
+
+def _faiss_ops() -> dict[str, Callable]:
+    """The ``faiss`` backend: FAISS neighbour search in the sparse structure builders; its
+    propagation ops are ``sparse``'s (registered so that naming ``faiss`` works, never picked by
+    ``auto``, which resolves propagation on its own)."""
+    topk = sparse.define_topk("faiss", faiss_search.topk_neighbors)
+    return sparse.backend_ops(sparse.spmm, topk)
+
+
+for _op, _fn in _faiss_ops().items():
+    if _op in ("topk_neighbors", "knn_hypergraph", "adaptive_graph"):
+        register(_op, "faiss", _fn, supports=faiss_search.runs_on, min_points=FAISS_MIN_POINTS)
+    else:
+        register(_op, "faiss", _fn, supports=_nowhere, runs=faiss_search.runs_on)
 
 OPS = tuple(_REGISTRY)

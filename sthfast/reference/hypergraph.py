@@ -8,7 +8,8 @@ from torch import Tensor
 from .neighbors import topk_neighbors
 
 
-def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0) -> Tensor:
+def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0,
+                   neighbors: Tensor | None = None) -> Tensor:
     """Incidence of the hypergraph whose hyperedges are the nodes' k-nearest-neighbour sets.
 
     Hyperedge ``e`` is node ``e`` and its ``k - 1`` nearest other nodes in ``z`` (Euclidean, ties
@@ -21,10 +22,12 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
 
     Args:
         z: ``[N, d]`` or ``[B, N, d]`` node features.
+        neighbors: ``[..., N, k]`` the hyperedges' members, self first, if already searched
+            (e.g. reused from an earlier step); default: searched here.
     Returns:
         ``H``: ``[N, N]`` or ``[B, N, N]``; ``H[..., v, e]`` is the weight of node v in hyperedge e.
     """
-    idx = topk_neighbors(z, z, k, metric="l2", self_first=True)     # [..., N, k]
+    idx = topk_neighbors(z, z, k, metric="l2", self_first=True) if neighbors is None else neighbors
     weight = membership_weights(z, idx, binary, temperature)        # [..., N, k]
     member = torch.zeros(*idx.shape[:-1], z.shape[-2], dtype=z.dtype, device=z.device)
     member = member.scatter(-1, idx, weight)                        # [..., e, v]

@@ -20,7 +20,7 @@ from . import neighbors, propagate, structure
 from .custom_ops import define_spmm, define_topk
 from .structure import SparseRows
 
-__all__ = ["SparseRows", "backend_ops", "spmm", "topk"]
+__all__ = ["SparseRows", "backend_ops", "define_topk", "spmm", "topk"]
 
 
 def _csr(row_ptr: Tensor, col: Tensor, val: Tensor, num_cols: int) -> Tensor:
@@ -54,11 +54,12 @@ spmm = define_spmm("sparse", _rows, _sampled)
 
 
 def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor]) -> dict[str, Callable]:
-    """The five structure / propagation ops of :mod:`sthfast.ops` built on ``spmm`` and ``topk``
-    (``topk(query, key, k, metric, self_first) -> [..., N, k]``)."""
+    """The structure / propagation ops of :mod:`sthfast.ops` built on ``spmm`` and ``topk``
+    (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``)."""
 
-    def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float) -> SparseRows:
-        idx = topk(z, z, k, "l2", True)
+    def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float,
+                       neighbors: Tensor | None) -> SparseRows:
+        idx = topk(z, z, k, "l2", True) if neighbors is None else neighbors
         return structure.merged_knn_hypergraph(z, idx, binary, temperature)
 
     def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float) -> SparseRows:
@@ -82,8 +83,7 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor]) -> dic
                       transpose: bool) -> Tensor:
         return propagate.graph_mixprop(spmm, x, adjacency, depth, beta, transpose)
 
-    return dict(topk_neighbors=lambda q, key, k, metric: topk(q, key, k, metric, False),
-                knn_hypergraph=knn_hypergraph, adaptive_graph=adaptive_graph,
+    return dict(topk_neighbors=topk, knn_hypergraph=knn_hypergraph, adaptive_graph=adaptive_graph,
                 static_graph=structure.with_self_loops, hypergraph_mixprop=hypergraph_mixprop,
                 graph_mixprop=graph_mixprop)
 

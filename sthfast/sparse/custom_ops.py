@@ -23,25 +23,29 @@ from torch import Tensor
 
 from .structure import SparseRows
 
-TopkKernel = Callable[[Tensor, Tensor, int, str, bool], Tensor]
+TopkKernel = Callable[[Tensor, Tensor, int, str, bool, bool], Tensor]
 RowsKernel = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 SampledKernel = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def define_topk(backend: str, topk: TopkKernel) -> TopkKernel:
-    """Register ``sthfast::topk_<backend>`` and return ``topk(query, key, k, metric, self_first)``:
-    ``[..., N, d], [..., M, d] -> [..., N, k]`` int64 (see :func:`sthfast.reference.topk_neighbors`)."""
+    """Register ``sthfast::topk_<backend>`` and return
+    ``topk(query, key, k, metric, self_first, approximate)``: ``[..., N, d], [..., M, d] ->
+    [..., N, k]`` int64 (see :func:`sthfast.reference.topk_neighbors`); ``approximate`` permits,
+    never requires, an approximate search."""
 
     @torch.library.custom_op(f"sthfast::topk_{backend}", mutates_args=())
-    def op(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool) -> Tensor:
-        return topk(query, key, k, metric, self_first)
+    def op(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool,
+           approximate: bool) -> Tensor:
+        return topk(query, key, k, metric, self_first, approximate)
 
     @op.register_fake
-    def _(query, key, k, metric, self_first):
+    def _(query, key, k, metric, self_first, approximate):
         return query.new_empty(*query.shape[:-1], k, dtype=torch.int64)
 
-    def run(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool) -> Tensor:
-        return op(query.detach(), key.detach(), k, metric, self_first)
+    def run(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool = False,
+            approximate: bool = False) -> Tensor:
+        return op(query.detach(), key.detach(), k, metric, self_first, approximate)
 
     run.op = op
     return run

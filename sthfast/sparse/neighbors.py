@@ -13,6 +13,8 @@ point set (per sample for a batch). Half-precision points are scored in float32.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -23,34 +25,60 @@ TILE_ELEMENTS = 1 << 22  # scores per coarse tile (16 MiB in float32)
 
 
 def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
-                   self_first: bool = False) -> Tensor:
-    """Same contract as :func:`sthfast.reference.topk_neighbors`: ``[..., N, k]`` int64."""
+                   self_first: bool = False, approximate: bool = False) -> Tensor:
+    """Same contract as :func:`sthfast.reference.topk_neighbors`: ``[..., N, k]`` int64. The search
+    is exact (``approximate`` permits an approximation, which this search never makes)."""
+    return per_point_set(lambda q, kk: refine(q, kk, k, metric, self_first, _coarse_candidates),
+                         query, key, k)
+
+
+def per_point_set(search, query: Tensor, key: Tensor, k: int) -> Tensor:
+    """Apply ``search(query [N, d], key [M, d]) -> [N, k]`` to one point set or to each of a batch."""
     if query.dim() == 3:
-        return torch.stack([_topk(q, kk, k, metric, self_first) for q, kk in zip(query, key)]) \
+        return torch.stack([search(q, kk) for q, kk in zip(query, key)]) \
             if query.shape[0] else query.new_zeros(0, query.shape[1], k, dtype=torch.long)
-    return _topk(query, key, k, metric, self_first)
+    return search(query, key)
+
+
+CoarseSearch = Callable[[Tensor, Tensor, int, str, bool], "tuple[Tensor, Tensor, bool]"]
 
 
 @torch.no_grad()
-def _topk(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool) -> Tensor:
+def refine(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool, coarse: CoarseSearch,
+           coarse_eps: float | None = None) -> Tensor:
+    """The exact top-``k`` from a coarse candidate search.
+
+    ``coarse(query, key, c, metric, self_first)`` returns ``c = k + MARGIN`` candidates per query,
+    their coarse scores (smaller is better; ``-inf`` for the query itself when ``self_first``; an
+    index of -1 for a missing candidate) and whether the search was exhaustive. The candidates are
+    re-scored exactly and ordered. A query with a missing candidate, or, after an exhaustive
+    search, whose list could be incomplete (coarse gap under the rounding bound of a GEMM with unit
+    roundoff ``coarse_eps``, default the points' own), is searched exactly against every key.
+    After an approximate search the result is the exact order of the candidates found."""
     query, key = scoring_precision(query), scoring_precision(key)
-    n, m = query.shape[0], key.shape[0]
+    m = key.shape[0]
     c = min(m, k + MARGIN)
-    cand, coarse = _coarse_candidates(query, key, c, metric, self_first)   # [N, c] each
-    cand, exact = _order_exactly(query, key, cand, metric, self_first)
-    if c < m:
-        coarse = coarse.sort(dim=1).values
+    cand, coarse_scores, exhaustive = coarse(query, key, c, metric, self_first)   # [N, c] each
+    missing = (cand < 0).any(1)
+    cand = torch.where(cand < 0, torch.zeros_like(cand), cand)
+    cand, _ = _order_exactly(query, key, cand, metric, self_first)
+    unsure = missing
+    if exhaustive and c < m:
+        coarse_scores = coarse_scores.sort(dim=1).values
         scale = (query.norm(dim=1) + key.norm(dim=1).max()).pow(2)
-        tol = 4 * query.shape[1] * torch.finfo(query.dtype).eps * scale
-        unsure = ((coarse[:, c - 1] - coarse[:, k - 1]) <= tol).nonzero().flatten()
-        if len(unsure):
-            cand[unsure] = _exact_rows(query, key, unsure, c, metric, self_first)
+        eps = torch.finfo(query.dtype).eps if coarse_eps is None else coarse_eps
+        tol = 4 * query.shape[1] * eps * scale
+        unsure = unsure | ((coarse_scores[:, c - 1] - coarse_scores[:, k - 1]) <= tol)
+    rows = unsure.nonzero().flatten()
+    if len(rows):
+        cand[rows] = _exact_rows(query, key, rows, c, metric, self_first)
     return cand[:, :k]
 
 
 def _coarse_candidates(query: Tensor, key: Tensor, c: int, metric: str,
-                       self_first: bool) -> tuple[Tensor, Tensor]:
-    """Running top-``c`` over key tiles (smaller is better): indices and coarse scores ``[N, c]``."""
+                       self_first: bool) -> tuple[Tensor, Tensor, bool]:
+    """Running top-``c`` over key tiles (smaller is better): indices and coarse scores ``[N, c]``
+    (an exhaustive search)."""
     n, m = query.shape[0], key.shape[0]
     tile = min(m, max(c, 4096))
     rows = max(1, TILE_ELEMENTS // tile)
@@ -76,7 +104,7 @@ def _coarse_candidates(query: Tensor, key: Tensor, c: int, metric: str,
             run_v, run_i = v, i
         best_v.append(run_v)
         best_i.append(run_i)
-    return torch.cat(best_i), torch.cat(best_v)
+    return torch.cat(best_i), torch.cat(best_v), True
 
 
 def _mask_self(score: Tensor, q0: int, k0: int) -> None:
