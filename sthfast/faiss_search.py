@@ -9,7 +9,8 @@ re-scores exactly and orders by (score, index), so ties and scores are the refer
   ``(k + MARGIN)``-th candidates are within that GEMM's rounding error of each other is searched
   again exactly: the result equals :func:`sthfast.reference.topk_neighbors` (tested).
 * **approximate** (``approximate=True`` and at least :data:`APPROX_MIN_POINTS` keys): an inverted
-  file (``IndexIVFFlat``, ``nlist = 4 sqrt(M)`` k-means cells trained on a sample). Its ``nprobe`` is
+  file (``IndexIVFFlat``, ``nlist = 4 sqrt(M)`` k-means cells, at most ``M / 39``, trained on a
+  sample). Its ``nprobe`` is
   tuned per call on :data:`TUNE_QUERIES` sampled queries against their exact neighbours, doubling
   from 8 until the sample's recall@k reaches :data:`TARGET_RECALL`; when that needs more than a
   quarter of the cells (points spread evenly in many dimensions, where no index beats a scan) the
@@ -27,13 +28,15 @@ import math
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, sparse
+from .sparse.custom_ops import define_topk
 from .sparse.neighbors import MARGIN, per_point_set, refine
 
 APPROX_MIN_POINTS = 20_000   # below this an IVF index costs more than it saves (benchmarks/)
 TARGET_RECALL = 0.97
 TUNE_QUERIES = 256
-TRAIN_PER_CELL = 64          # k-means training points per cell (FAISS wants at least 39)
+TRAIN_PER_CELL = 64          # k-means training points per cell (sampled)
+MIN_TRAIN_PER_CELL = 39      # FAISS's minimum: fewer cells when the set is small
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,7 +84,6 @@ def _ivf_index(key: Tensor, metric: str, cells: int):
         index = faiss.GpuIndexIVFFlat(_gpu_resources(config.device), d, cells, faiss_metric, config)
     else:
         index = faiss.IndexIVFFlat(_flat_index(d, metric, key.device), d, cells, faiss_metric)
-        index.own_fields = True   # keep the coarse quantizer alive with the index
     generator = torch.Generator().manual_seed(0)
     sample = torch.randperm(key.shape[0], generator=generator)[:cells * TRAIN_PER_CELL].to(key.device)
     index.cp.seed = 0
@@ -125,7 +127,8 @@ def _coarse(query: Tensor, key: Tensor, c: int, metric: str, self_first: bool,
     exact.add(kk)
     index = exact
     if approximate and kk.shape[0] >= APPROX_MIN_POINTS:
-        ivf = _ivf_index(kk, metric, cells=int(4 * math.sqrt(kk.shape[0])))
+        cells = max(1, min(int(4 * math.sqrt(kk.shape[0])), kk.shape[0] // MIN_TRAIN_PER_CELL))
+        ivf = _ivf_index(kk, metric, cells)
         if _tuned(ivf, exact, q, c, c - MARGIN, metric):
             index = ivf
     labels, scores = _search(index, q, c, metric)
@@ -152,3 +155,7 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
 
     eps = torch.finfo(torch.float32).eps          # FAISS scores in float32
     return per_point_set(lambda q, kk: refine(q, kk, k, metric, self_first, coarse, eps), query, key, k)
+
+
+topk = define_topk("faiss", topk_neighbors)
+OPS = sparse.backend_ops(sparse.spmm, topk)   # FAISS search in the sparse builders and propagation

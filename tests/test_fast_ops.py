@@ -246,6 +246,10 @@ def test_static_graph_mixprop_equals_reference(backend):
 def spmm_and_topk(backend):
     if backend == "sparse":
         return sparse.spmm, sparse.topk
+    if backend == "faiss":
+        from sthfast import faiss_search
+
+        return sparse.spmm, faiss_search.topk
     from sthfast import kernels
 
     return kernels.spmm, kernels.topk

@@ -238,15 +238,9 @@ for _op in sparse.OPS:
     register(_op, "triton", _triton(_op), supports=_triton_auto, runs=_triton_runs)
 
 
-def _faiss_ops() -> dict[str, Callable]:
-    """The ``faiss`` backend: FAISS neighbour search in the sparse structure builders; its
-    propagation ops are ``sparse``'s (registered so that naming ``faiss`` works, never picked by
-    ``auto``, which resolves propagation on its own)."""
-    topk = sparse.define_topk("faiss", faiss_search.topk_neighbors)
-    return sparse.backend_ops(sparse.spmm, topk)
-
-
-for _op, _fn in _faiss_ops().items():
+# FAISS: auto picks its searches on large point sets; its propagation ops are sparse's, registered
+# so that naming ``faiss`` works, and never picked by auto (which resolves propagation on its own)
+for _op, _fn in faiss_search.OPS.items():
     if _op in ("topk_neighbors", "knn_hypergraph", "adaptive_graph"):
         register(_op, "faiss", _fn, supports=faiss_search.runs_on, min_points=FAISS_MIN_POINTS)
     else:

@@ -20,7 +20,7 @@ from . import neighbors, propagate, structure
 from .custom_ops import define_spmm, define_topk
 from .structure import SparseRows
 
-__all__ = ["SparseRows", "backend_ops", "define_topk", "spmm", "topk"]
+__all__ = ["SparseRows", "backend_ops", "spmm", "topk"]
 
 
 def _csr(row_ptr: Tensor, col: Tensor, val: Tensor, num_cols: int) -> Tensor:
