@@ -109,7 +109,11 @@ def load_model(folder: str | Path, model_class):
         raise CheckpointError(f"{folder}: the backbone at {config.backbone!r} is not the one this "
                               "checkpoint was trained with (config or weight files differ)")
     weights = load_file(str(Path(folder) / meta["files"]["weights"]))
-    static = weights["spatial.static_adjacency"] if config.graph == "static" and config.uses_spatial else None
+    static = None
+    if config.graph == "static" and config.uses_spatial:
+        n = config.num_nodes
+        static = torch.sparse_coo_tensor(weights["spatial.static_index"], weights["spatial.static_weight"],
+                                         (n, n), check_invariants=True)
     model = model_class(config, adjacency=static)
     load_weights(model, folder, meta, weights)
     return model, meta

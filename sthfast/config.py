@@ -76,6 +76,8 @@ class STHSepNetConfig:
     prop_alpha: float = help_field(0.05, "MixProp retain ratio beta: h_{j+1} = beta x + (1 - beta) P h_j.")
     dropout: float = help_field(0.1, "Dropout in the spatial stream, the patch embedding and the head.")
     hypergraph: str = help_field("adaptive", "Hypergraph branch: 'adaptive' (trainable memberships, gradients reach the node embeddings), 'binary' (the authors' 0/1 incidence), 'dynamic' (per-sample node features from the input window, trainable memberships), 'none'.", choices=HYPERGRAPHS)
+    hyper_rebuild_every: int = help_field(1, "Search the hyperedges' nearest neighbours every this many training steps (1: every step, as the paper). In between, the neighbour lists are reused while the membership weights are recomputed from the current embeddings, so they still train. In eval mode without gradients the hypergraph (and the adaptive graph) is built once and reused until the weights change. Shared hypergraphs only: 'dynamic' builds one per input window.")
+    neighbor_search: str = help_field("exact", "'exact', or 'approximate': let FAISS use an inverted-file index for large node sets (recall tuned to about 0.97 per search; other backends stay exact).", choices=("exact", "approximate"))
     graph: str = help_field("adaptive", "First-order graph branch: 'adaptive' (learned top-subgraph_size graph), 'static' (an adjacency given to the model), 'none'.", choices=GRAPHS)
 
     # --- fusion and output -----------------------------------------------------------------
@@ -97,6 +99,7 @@ class STHSepNetConfig:
         """Raise ``ValueError`` naming the first field whose value is out of range."""
         ints_pos = ("num_nodes", "seq_len", "pred_len", "in_features", "patch_len", "stride",
                     "d_ff", "d_model", "n_heads", "num_prototypes", "node_emb_dim", "hyper_k",
+                    "hyper_rebuild_every",
                     "subgraph_size", "conv_channels", "residual_channels", "skip_channels",
                     "end_channels", "layers", "dilation_exponential", "gate_hidden")
         for name in ints_pos:
@@ -125,6 +128,9 @@ class STHSepNetConfig:
             raise ValueError(f"seq_len={self.seq_len} is shorter than patch_len={self.patch_len}: no patch fits")
         if self.hyper_k > self.num_nodes:
             raise ValueError(f"hyper_k={self.hyper_k} is larger than num_nodes={self.num_nodes}")
+        if self.hyper_rebuild_every > 1 and self.hypergraph == "dynamic":
+            raise ValueError(f"hyper_rebuild_every={self.hyper_rebuild_every} needs a shared hypergraph: "
+                             "'dynamic' builds one per input window")
         if self.conv_channels % 4:
             raise ValueError(f"conv_channels={self.conv_channels} must be a multiple of 4 (four inception kernels)")
         if not isinstance(self.backbone, (str, os.PathLike)) or not str(self.backbone):

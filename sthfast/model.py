@@ -22,8 +22,10 @@ class STHSepNet(nn.Module):
 
     Args:
         config: the hyper-parameters.
-        adjacency: ``[N, N]`` weights (numpy or torch), required for ``graph='static'`` and
-            ignored otherwise; row v lists the nodes v reads from.
+        adjacency: ``[N, N]`` weights, required for ``graph='static'`` and ignored otherwise;
+            row v lists the nodes v reads from. Dense (numpy or torch) or sparse (a torch sparse
+            tensor, or a scipy.sparse matrix): the model keeps only the edges, so a large
+            network's adjacency never needs to be dense.
     """
 
     def __init__(self, config: STHSepNetConfig, adjacency: Tensor | np.ndarray | None = None):
@@ -104,12 +106,28 @@ class STHSepNet(nn.Module):
 
 
 def _check_adjacency(adjacency, num_nodes: int) -> Tensor:
+    """The adjacency as a coalesced sparse COO tensor ``[N, N]`` without zero entries."""
     if adjacency is None:
         raise ValueError("graph='static' needs an adjacency: STHSepNet(config, adjacency=A)")
-    a = torch.as_tensor(np.asarray(adjacency) if not isinstance(adjacency, Tensor) else adjacency)
-    a = a.to(torch.get_default_dtype())
+    if hasattr(adjacency, "tocoo"):                                     # scipy.sparse
+        coo = adjacency.tocoo()
+        adjacency = _sparse(torch.as_tensor(np.stack([coo.row, coo.col]), dtype=torch.long),
+                            torch.as_tensor(coo.data), coo.shape)
+    a = adjacency if isinstance(adjacency, Tensor) else torch.as_tensor(np.asarray(adjacency))
     if a.shape != (num_nodes, num_nodes):
         raise ValueError(f"adjacency must be [{num_nodes}, {num_nodes}], got {list(a.shape)}")
-    if not torch.isfinite(a).all() or (a < 0).any():
+    a = (a.to_sparse_coo() if a.layout != torch.strided else a.to_sparse()).coalesce()
+    a = a.to(torch.get_default_dtype())
+    values = a.values()
+    if not torch.isfinite(values).all() or (values < 0).any():
         raise ValueError("adjacency must be finite and non-negative")
-    return a
+    keep = values != 0
+    return _sparse(a.indices()[:, keep], values[keep], a.shape)
+
+
+def _sparse(index: Tensor, values: Tensor, shape) -> Tensor:
+    """A coalesced sparse COO tensor; an index outside ``shape`` is a ``ValueError``."""
+    try:
+        return torch.sparse_coo_tensor(index, values, tuple(shape), check_invariants=True).coalesce()
+    except RuntimeError as err:
+        raise ValueError(f"adjacency: {err}") from None

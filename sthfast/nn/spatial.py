@@ -30,6 +30,25 @@ class DilatedInception(nn.Module):
         return torch.cat([o[..., -length:] for o in outs], dim=1)
 
 
+class EvalCache:
+    """A structure built from a module's parameters, kept while the module is in eval mode with
+    gradients off and rebuilt when any parameter changes (an optimizer step or a load bumps the
+    tensors' versions; a move to another device changes their storage)."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def get(self, module: nn.Module, build):
+        if module.training or torch.is_grad_enabled():
+            self.key = self.value = None
+            return build()
+        key = (torch.is_inference_mode_enabled(),
+               *((p.data_ptr(), p.dtype, p._version) for p in module.parameters()))
+        if key != self.key:
+            self.key, self.value = key, build()
+        return self.value
+
+
 class AdaptiveGraph(nn.Module):
     """Learned first-order graph: ``M_i = tanh(a Lin_i(E_i))``, top-``k`` per row of
     ``ReLU(tanh(a (M1 M2^T - M2 M1^T)))``."""
@@ -39,8 +58,12 @@ class AdaptiveGraph(nn.Module):
         self.emb1, self.emb2 = nn.Embedding(num_nodes, dim), nn.Embedding(num_nodes, dim)
         self.lin1, self.lin2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.k, self.alpha, self.backend = min(k, num_nodes), alpha, backend
+        self.frozen = EvalCache()
 
     def forward(self):
+        return self.frozen.get(self, self._build)
+
+    def _build(self):
         m1 = torch.tanh(self.alpha * self.lin1(self.emb1.weight))   # [N, d]
         m2 = torch.tanh(self.alpha * self.lin2(self.emb2.weight))
         return ops.adaptive_graph(m1, m2, self.k, self.alpha, backend=self.backend)
@@ -52,6 +75,11 @@ class KNNHypergraph(nn.Module):
 
     ``binary`` keeps the authors' 0/1 incidence: then nothing differentiable depends on the
     embeddings, so they are frozen rather than left as parameters that never train.
+
+    A shared hypergraph searches its neighbours every ``hyper_rebuild_every`` training steps; the
+    lists and the step count are buffers (``neighbors [N, k]``, ``steps``), so a resumed run
+    continues the same schedule. In eval mode without gradients it is built once (see
+    :class:`EvalCache`).
     """
 
     def __init__(self, config: STHSepNetConfig, window: int):
@@ -59,6 +87,11 @@ class KNNHypergraph(nn.Module):
         c = config
         self.mode, self.k, self.alpha = c.hypergraph, c.hyper_k, c.tanh_alpha
         self.temperature, self.backend = c.hyper_temperature, c.backend
+        self.approximate, self.rebuild_every = c.neighbor_search == "approximate", c.hyper_rebuild_every
+        if self.rebuild_every > 1:
+            self.register_buffer("neighbors", torch.zeros(c.num_nodes, c.hyper_k, dtype=torch.long))
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.frozen = EvalCache()
         self.embedding = nn.Embedding(c.num_nodes, c.node_emb_dim)
         self.linear = nn.Linear(c.node_emb_dim, c.node_emb_dim)
         if self.mode == "dynamic":
@@ -74,14 +107,35 @@ class KNNHypergraph(nn.Module):
         return torch.tanh(self.alpha * z)
 
     def forward(self, x: Tensor):
-        return ops.knn_hypergraph(self.node_features(x), self.k, binary=self.mode == "binary",
-                                  temperature=self.temperature, backend=self.backend)
+        if self.mode == "dynamic":
+            return self._build(x)
+        return self.frozen.get(self, lambda: self._build(x))
+
+    def _build(self, x: Tensor):
+        z = self.node_features(x)
+        return ops.knn_hypergraph(z, self.k, binary=self.mode == "binary", temperature=self.temperature,
+                                  neighbors=self._neighbors(z), backend=self.backend)
+
+    def _neighbors(self, z: Tensor) -> Tensor:
+        """``[..., N, k]`` hyperedge members, self first: searched now, or (every ``rebuild_every``
+        training steps) reused from the last search."""
+        if self.rebuild_every == 1 or not self.training:
+            return self._search(z)
+        if int(self.steps) % self.rebuild_every == 0:
+            self.neighbors.copy_(self._search(z))
+        self.steps += 1
+        return self.neighbors
+
+    def _search(self, z: Tensor) -> Tensor:
+        return ops.topk_neighbors(z, z, self.k, self_first=True, approximate=self.approximate,
+                                  backend=self.backend)
 
 
 class SpatialStream(nn.Module):
     """``x[B, T, N, F]`` -> ``[B, H, N]``.
 
-    ``static_adjacency`` (``[N, N]``, required when ``graph='static'``) is kept as a buffer.
+    ``static_adjacency`` (a sparse COO ``[N, N]``, required when ``graph='static'``) is kept as
+    two buffers, its edges ``static_index [2, E]`` and weights ``static_weight [E]``.
     """
 
     def __init__(self, config: STHSepNetConfig, static_adjacency: Tensor | None = None):
@@ -94,7 +148,8 @@ class SpatialStream(nn.Module):
         if c.graph == "adaptive":
             self.graph = AdaptiveGraph(c.num_nodes, c.node_emb_dim, c.subgraph_size, c.tanh_alpha, c.backend)
         elif c.graph == "static":
-            self.register_buffer("static_adjacency", static_adjacency)
+            self.register_buffer("static_index", static_adjacency.indices().clone())
+            self.register_buffer("static_weight", static_adjacency.values().clone())
         self._static_cache = None                                      # (key, backend's form)
         self.hypergraph = KNNHypergraph(c, self.window) if c.hypergraph != "none" else None
         both = c.graph != "none" and c.hypergraph != "none"
@@ -151,10 +206,11 @@ class SpatialStream(nn.Module):
 
     def _static_graph(self):
         """The fixed adjacency in the backend's form, built once per device, dtype and content
-        version (building the sparse form costs a pass over ``N x N`` and a host sync)."""
-        a = self.static_adjacency
-        key = (a.device, a.dtype, a._version, self.config.backend)
+        version (building it costs a sort of the edges and a host sync)."""
+        w, n = self.static_weight, self.config.num_nodes
+        key = (w.device, w.dtype, w._version, self.static_index._version, self.config.backend)
         if self._static_cache is None or self._static_cache[0] != key:
+            a = torch.sparse_coo_tensor(self.static_index, w, (n, n), check_invariants=True).coalesce()
             self._static_cache = (key, ops.static_graph(a, backend=self.config.backend))
         return self._static_cache[1]
 

@@ -164,8 +164,11 @@ def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float, *, backend: str
 
 
 def static_graph(adjacency: Tensor, *, backend: str = "auto"):
-    """A fixed dense adjacency ``[N, N]`` in the form ``backend``'s ``graph_mixprop`` takes."""
-    return _impl("static_graph", backend, adjacency.device)(adjacency)
+    """A fixed adjacency ``[N, N]``, dense or sparse (COO), in the form ``backend``'s
+    ``graph_mixprop`` takes (the reference makes it dense)."""
+    if adjacency.dim() != 2 or adjacency.shape[0] != adjacency.shape[1]:
+        raise ValueError(f"adjacency must be [N, N], got {list(adjacency.shape)}")
+    return _impl("static_graph", backend, adjacency.device, adjacency.shape[0])(adjacency)
 
 
 def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = False, *,
@@ -205,7 +208,8 @@ for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", _refer
                  ("knn_hypergraph", reference.knn_hypergraph),
                  ("hypergraph_mixprop", _reference_hypergraph_mixprop),
                  ("adaptive_graph", reference.adaptive_graph),
-                 ("graph_mixprop", _reference_graph_mixprop), ("static_graph", lambda a: a)):
+                 ("graph_mixprop", _reference_graph_mixprop),
+                 ("static_graph", lambda a: a.to_dense() if a.layout != torch.strided else a)):
     register(_op, "reference", _fn)
 for _op, _fn in sparse.OPS.items():  # torch's sparse CSR kernels: CPU (MKL) and CUDA (cuSPARSE)
     register(_op, "sparse", _fn, supports=lambda device: device.type in ("cpu", "cuda"))

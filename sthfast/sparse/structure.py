@@ -84,13 +84,21 @@ def from_ell(col: Tensor, val: Tensor, num_cols: int) -> SparseRows:
 
 
 def with_self_loops(adjacency: Tensor) -> SparseRows:
-    """``A + I`` from a dense ``[N, N]`` adjacency, the form the sparse graph MixProp takes.
-    ``nonzero`` costs one host synchronisation: build it once per adjacency, not per step."""
+    """``A + I`` from an ``[N, N]`` adjacency, dense or sparse (COO), the form the sparse graph
+    MixProp takes. Finding the entries costs one host synchronisation: build it once per adjacency,
+    not per step."""
     n = adjacency.shape[0]
-    row, col = adjacency.nonzero(as_tuple=True)
+    if adjacency.layout == torch.strided:
+        row, col = adjacency.nonzero(as_tuple=True)
+        weight = adjacency[row, col]
+    else:
+        adjacency = adjacency.to_sparse_coo().coalesce()
+        (row, col), weight = adjacency.indices(), adjacency.values()
+        nonzero = weight != 0
+        row, col, weight = row[nonzero], col[nonzero], weight[nonzero]
     loops = torch.arange(n, device=adjacency.device)
     entries = torch.sparse_coo_tensor(torch.stack([torch.cat([row, loops]), torch.cat([col, loops])]),
-                                      torch.cat([adjacency[row, col], adjacency.new_ones(n)]),
+                                      torch.cat([weight, weight.new_ones(n)]),
                                       (n, n), check_invariants=False).coalesce()  # sums A_ii + 1, sorts
     (row, col), val = entries.indices(), entries.values()
     return from_entries(row, col, val, n, n)

@@ -1,0 +1,142 @@
+"""Model options for large networks: a sparse static adjacency, reusing the hypergraph's neighbour
+search for several training steps, freezing the structures at evaluation, approximate search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sthfast import STHSepNet, ops
+
+
+def batch(config, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, config.seq_len, config.num_nodes, config.in_features, generator=g)
+
+
+def sparse_adjacency(n, seed=0):
+    """About three edges per node, as a dense array (zeros elsewhere)."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((n, n), np.float32)
+    a[np.repeat(np.arange(n), 3), rng.integers(0, n, 3 * n)] = rng.random(3 * n).astype(np.float32)
+    return a
+
+
+@pytest.fixture
+def count_searches(monkeypatch):
+    """How often the model searches neighbours (and with which ``approximate``)."""
+    calls = []
+    real = ops.topk_neighbors
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("approximate", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "topk_neighbors", spy)
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("backend", ["reference", "sparse"])
+def test_static_adjacency_dense_torch_sparse_and_scipy_agree(small_config, backend):
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    c = small_config(graph="static", fusion="spatial_only", backend=backend)
+    dense = sparse_adjacency(c.num_nodes)
+    x = batch(c)
+    outputs = []
+    for given in (dense, torch.from_numpy(dense).to_sparse(), torch.from_numpy(dense).to_sparse_csr(),
+                  scipy_sparse.csr_matrix(dense)):
+        torch.manual_seed(0)
+        model = STHSepNet(c, adjacency=given).eval()
+        outputs.append(model(x))
+        assert model.spatial.static_weight.numel() == np.count_nonzero(dense)   # edges only
+    for out in outputs[1:]:
+        torch.testing.assert_close(out, outputs[0])
+
+
+def test_bad_sparse_adjacency(small_config):
+    c = small_config(graph="static")
+    n = c.num_nodes
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        STHSepNet(c, adjacency=torch.sparse_coo_tensor([[0], [1]], [-1.0], (n, n), check_invariants=True))
+    with pytest.raises(ValueError, match=rf"adjacency must be \[{n}, {n}\]"):
+        STHSepNet(c, adjacency=torch.sparse_coo_tensor([[0], [1]], [1.0], (n, n + 1), check_invariants=True))
+
+
+def test_rebuild_every_reuses_the_search_and_still_trains(small_config, count_searches):
+    c = small_config(hyper_rebuild_every=3, graph="none", fusion="spatial_only", backend="sparse")
+    torch.manual_seed(0)
+    model = STHSepNet(c).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    embedding = model.spatial.hypergraph.embedding.weight
+    for step in range(7):
+        before = embedding.detach().clone()
+        model(batch(c, seed=step)).square().mean().backward()
+        assert embedding.grad is not None and embedding.grad.abs().sum() > 0   # memberships train
+        optimizer.step()
+        optimizer.zero_grad()
+        assert not torch.equal(before, embedding.detach())
+    assert len(count_searches) == 3                                   # steps 0, 3 and 6
+    state = model.state_dict()
+    assert int(state["spatial.hypergraph.steps"]) == 7
+    assert state["spatial.hypergraph.neighbors"].shape == (c.num_nodes, c.hyper_k)
+
+
+def test_rebuild_every_first_step_equals_rebuilding_every_step(small_config):
+    x = batch(small_config())
+    outs = []
+    for every in (1, 4):
+        torch.manual_seed(0)
+        model = STHSepNet(small_config(hyper_rebuild_every=every, fusion="spatial_only")).train()
+        torch.manual_seed(1)
+        outs.append(model(x))
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_eval_without_grad_builds_the_structures_once_until_the_weights_change(
+        small_config, count_searches, monkeypatch):
+    graphs = []
+    real = ops.adaptive_graph
+    monkeypatch.setattr(ops, "adaptive_graph", lambda *a, **kw: graphs.append(1) or real(*a, **kw))
+    c = small_config(fusion="spatial_only", backend="sparse")
+    model = STHSepNet(c).eval()
+    x = batch(c)
+    with torch.no_grad():
+        first = model(x)
+        torch.testing.assert_close(model(x), first)
+    assert (len(count_searches), len(graphs)) == (1, 1)
+    with torch.no_grad():
+        model.spatial.hypergraph.embedding.weight.add_(1.0)            # weights changed in place
+        model(x)
+    assert (len(count_searches), len(graphs)) == (2, 1)  # the hypergraph is rebuilt, the graph not
+    model(x)                                             # gradients on: nothing is cached
+    model.train()
+    model(x)
+    assert (len(count_searches), len(graphs)) == (4, 3)
+
+
+def test_dynamic_hypergraph_cannot_skip_searches(small_config):
+    with pytest.raises(ValueError, match="hyper_rebuild_every=2 needs a shared hypergraph"):
+        small_config(hypergraph="dynamic", hyper_rebuild_every=2)
+
+
+def test_approximate_search_reaches_the_op(small_config, count_searches):
+    c = small_config(neighbor_search="approximate", graph="none", fusion="spatial_only")
+    STHSepNet(c)(batch(c))
+    assert count_searches == [True]
+
+
+def test_static_graph_and_reused_neighbours_survive_a_checkpoint(small_config, tmp_path):
+    from sthfast import checkpoint
+
+    c = small_config(graph="static", hyper_rebuild_every=2, fusion="spatial_only")
+    model = STHSepNet(c, adjacency=sparse_adjacency(c.num_nodes)).train()
+    model(batch(c))                                                    # one step: steps = 1
+    checkpoint.save(tmp_path / "ckpt", model, {})
+    loaded, _ = checkpoint.load_model(tmp_path / "ckpt", STHSepNet)
+    for name in ("spatial.static_index", "spatial.static_weight", "spatial.hypergraph.neighbors",
+                 "spatial.hypergraph.steps"):
+        assert torch.equal(loaded.state_dict()[name], model.state_dict()[name]), name
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(batch(c, seed=1)), model(batch(c, seed=1)))
