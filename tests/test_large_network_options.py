@@ -140,3 +140,48 @@ def test_static_graph_and_reused_neighbours_survive_a_checkpoint(small_config, t
         assert torch.equal(loaded.state_dict()[name], model.state_dict()[name]), name
     model.eval(), loaded.eval()
     torch.testing.assert_close(loaded(batch(c, seed=1)), model(batch(c, seed=1)))
+
+
+LARGE_MODEL_SCRIPT = """
+import json, resource, sys, time, torch
+from sthfast import STHSepNet, STHSepNetConfig, faiss_search, ops
+config = STHSepNetConfig(**json.loads(sys.argv[1]))
+headroom = int(sys.argv[2])
+torch.manual_seed(0)
+model = STHSepNet(config)
+x = torch.randn(1, config.seq_len, config.num_nodes, 1)
+if faiss_search.runs_on(torch.device("cpu")):
+    faiss_search._faiss()                       # map the library before the limit
+size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + headroom, size + headroom))
+start = time.perf_counter()
+model(x).square().mean().backward()
+assert model.spatial.hypergraph.embedding.weight.grad.abs().sum() > 0
+peak = int(open("/proc/self/status").read().split("VmPeak:")[1].split()[0]) * 1024
+print(json.dumps({"search": ops.resolve("knn_hypergraph", "auto", "cpu", config.num_nodes),
+                  "seconds": time.perf_counter() - start, "peak_above_start": peak - size}))
+"""
+
+
+@pytest.mark.slow
+def test_whole_model_at_44000_nodes_with_auto_allocates_no_n_by_n_tensor(small_config, tmp_path):
+    """Forward and backward of the whole model (LLM stream included) at N = 44,000 under an
+    address-space limit of 2 GiB above the built model: an N x N float32 buffer needs 7.7 GB."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    n, headroom = 44_000, 2 << 30
+    assert n * n * 4 > headroom
+    config = small_config(num_nodes=n, pred_len=12, layers=1, subgraph_size=4).to_dict()
+    script = tmp_path / "large_model.py"
+    script.write_text(LARGE_MODEL_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), json.dumps(config), str(headroom)],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "MALLOC_ARENA_MAX": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    from sthfast import backends
+
+    assert result["search"] == ("faiss" if backends.probe("faiss").ok else "sparse")
