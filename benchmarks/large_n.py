@@ -12,7 +12,7 @@ of its repeats, and its peak RSS above the process's resident size before the fi
   exact, FAISS approximate (with the recall@3 it reached), tiled torch, and the dense reference
   at 8,600 (the largest size where its N x N buffers fit comfortably).
 * ``stage``: construction + hypergraph MixProp (depth 2, C = 32, T = 12, B = 1), forward and
-  backward, at N = 20,000 and 100,000 with ``auto``; the peak beside the memory model of
+  backward, at N = 20,000, 50,000 and 100,000 with ``auto``; the peak beside the memory model of
   :mod:`sthfast.memory`.
 * ``train_step``: one training step (forward, backward, Adam) of the default model at N = 8,600,
   B = 8, T = 12 -> 12, with ``auto`` and with ``reference``.
@@ -139,7 +139,7 @@ def cases(quick: bool) -> list[dict]:
                 dict(kind="construction", n=n, backend="sparse", repeats=reps)]
         if n == 8600:
             out.append(dict(kind="construction", n=n, backend="reference", repeats=1))
-    out += [dict(kind="stage", n=n, repeats=3 if n < 100000 else 1) for n in (20000, 100000)]
+    out += [dict(kind="stage", n=n, repeats=3 if n < 100000 else 1) for n in (20000, 50000, 100000)]
     out += [dict(kind="train_step", n=8600, backend="auto", repeats=3),
             dict(kind="train_step", n=8600, backend="reference", repeats=1)]
     return out

@@ -148,7 +148,8 @@ def large_n_section(run: dict) -> list[str]:
              f"{run['date']} at commit {run['commit']}. Each case in its own process: median of its "
              "repeats (5 for the threshold sweep, 3 below 100,000 nodes, 1 at 100,000 and for the "
              "reference), peak = resident high-water mark above the process before the call. "
-             "Points: clustered, tanh-squashed (like learned node embeddings), d = 40, k = 3.", "",
+             "Points: clustered, tanh-squashed (like learned node embeddings), d = 40, k = 3."
+             + (f" Note: {run['note']}." if run.get("note") else ""), "",
              "### Where FAISS overtakes the tiled torch search (`FAISS_MIN_POINTS`)", "",
              "| N | tiled torch ms | FAISS flat ms | FAISS speed-up |", "|---:|---:|---:|---:|"]
     for n in sorted({r["n"] for r in res if r["kind"] == "threshold"}):

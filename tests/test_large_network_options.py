@@ -185,3 +185,21 @@ def test_whole_model_at_44000_nodes_with_auto_allocates_no_n_by_n_tensor(small_c
     from sthfast import backends
 
     assert result["search"] == ("faiss" if backends.probe("faiss").ok else "sparse")
+
+
+@pytest.mark.slow
+def test_memory_model_matches_a_measured_hypergraph_stage():
+    """``sthfast.memory`` against the peak resident memory of construction + MixProp (forward and
+    backward) at N = 20,000, measured in a fresh process by the benchmark's own code."""
+    import sys
+    from pathlib import Path
+
+    from sthfast.memory import hypergraph_stage_bytes
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import large_n
+
+    measured = large_n.measure(dict(kind="stage", n=20_000, repeats=1))
+    assert "error" not in measured, measured
+    predicted = hypergraph_stage_bytes(20_000, backward=True) / 2**20
+    assert 0.7 < measured["peak_mib"] / predicted < 1.4, (measured["peak_mib"], predicted)
