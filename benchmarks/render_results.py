@@ -124,6 +124,7 @@ def gpu_section(run: dict | None) -> list[str]:
 
 
 def large_n_section(run: dict) -> list[str]:
+    from sthfast.faiss_search import APPROX_MIN_POINTS  # noqa: PLC0415
     from sthfast.memory import hypergraph_stage_bytes  # noqa: PLC0415 (the documented model)
 
     res = [r for r in run["results"] if "error" not in r or r["kind"] == "train_step"]
@@ -164,6 +165,8 @@ def large_n_section(run: dict) -> list[str]:
         ti, rf = find("construction", n, "sparse"), find("construction", n, "reference")
         fmt = lambda r: "{} ({})".format(*cell(r)) if r else "not run"
         recall = f", {ap['recall']:.3f}" if ap and "recall" in ap else ""
+        if n < APPROX_MIN_POINTS:
+            recall += f" (the exact scan: below {APPROX_MIN_POINTS:,} points)"
         lines.append(f"| {n:,} | {fmt(ex)} | {fmt(ap)}{recall} | {fmt(ti)} | {fmt(rf)} | "
                      f"{_ratio(ti and ti.get('seconds'), ex and ex.get('seconds'))} |")
     lines += ["", "### Hypergraph stage with `auto`: construction + MixProp depth 2, C = 32, T = 12, "

@@ -35,8 +35,10 @@ def probe(name: str) -> Found:
     if name == "faiss":
         if importlib.util.find_spec("faiss") is None:
             return Found(name, False, "not installed (pip install 'sthfast[faiss-cpu]' or '[faiss-gpu]')")
-        import faiss  # noqa: PLC0415 (optional, imported only when probed)
-
+        try:
+            import faiss  # noqa: PLC0415 (optional, imported only when probed)
+        except Exception as err:  # noqa: BLE001 (a broken install must not break sthfast)
+            return Found(name, False, f"installed but fails to import: {err}")
         gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
         build = "GPU" if hasattr(faiss, "StandardGpuResources") else "CPU"
         return Found(name, True, f"faiss {faiss.__version__} ({build} build, {gpus} GPU(s) visible)")

@@ -112,6 +112,9 @@ def load_model(folder: str | Path, model_class):
     static = None
     if config.graph == "static" and config.uses_spatial:
         n = config.num_nodes
+        if "spatial.static_adjacency" in weights:          # written before the edges were stored
+            dense = weights.pop("spatial.static_adjacency").to_sparse().coalesce()
+            weights["spatial.static_index"], weights["spatial.static_weight"] = dense.indices(), dense.values()
         static = torch.sparse_coo_tensor(weights["spatial.static_index"], weights["spatial.static_weight"],
                                          (n, n), check_invariants=True)
     model = model_class(config, adjacency=static)

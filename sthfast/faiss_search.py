@@ -22,6 +22,7 @@ float32 on the CPU, or on the GPU with a GPU build); other dtypes are converted 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -99,16 +100,18 @@ def _search(index, query: Tensor, c: int, metric: str) -> tuple[Tensor, Tensor]:
 
 
 def _tuned(index, exact, query: Tensor, c: int, k: int, metric: str) -> bool:
-    """Set ``index.nprobe`` to the smallest power of two (from 8) whose recall@k on a sample of
-    queries reaches :data:`TARGET_RECALL`; False when that needs more than a quarter of the cells."""
+    """Set ``index.nprobe`` to the smallest power of two (from 8) whose recall on a sample of
+    queries reaches :data:`TARGET_RECALL`; False when that needs more than a quarter of the cells.
+    Recall counts the true 2nd .. (k+1)-th neighbours found among the index's k + 1: the nearest,
+    usually the query itself, is left out, so it cannot inflate the figure."""
     generator = torch.Generator().manual_seed(1)
     rows = torch.randperm(query.shape[0], generator=generator)[:TUNE_QUERIES].to(query.device)
     sample = query[rows].contiguous()
-    truth, _ = _search(exact, sample, k, metric)
+    truth = _search(exact, sample, k + 1, metric)[0][:, 1:]
     nprobe = 8
     while nprobe <= index.nlist // 4:
         index.nprobe = nprobe
-        found, _ = _search(index, sample, k, metric)
+        found, _ = _search(index, sample, k + 1, metric)
         hits = (found.unsqueeze(2) == truth.unsqueeze(1)).any(1).sum()
         if int(hits) >= TARGET_RECALL * truth.numel():
             return True
@@ -121,6 +124,13 @@ def _coarse(query: Tensor, key: Tensor, c: int, metric: str, self_first: bool,
     """FAISS candidates ``[N, c]``, their smaller-is-better float32 scores, and whether the search
     was exhaustive (flat); with ``self_first`` each query holds itself (score ``-inf``) and its
     ``c - 1`` best others."""
+    with torch.cuda.device(key.device) if key.is_cuda else contextlib.nullcontext():
+        return _coarse_on_device(query, key, c, metric, self_first, approximate)
+
+
+def _coarse_on_device(query: Tensor, key: Tensor, c: int, metric: str, self_first: bool,
+                      approximate: bool) -> tuple[Tensor, Tensor, bool]:
+    """:func:`_coarse` with the key's device current, so that FAISS runs on torch's stream there."""
     q = query.detach().float().contiguous()
     kk = key.detach().float().contiguous()
     exact = _flat_index(kk.shape[1], metric, kk.device)

@@ -22,7 +22,7 @@ activations (a few ``4 B C N T`` each), the same propagation for the adaptive gr
 
 from __future__ import annotations
 
-MARGIN = 4  # candidates searched beyond k (sthfast.sparse.neighbors.MARGIN)
+from .sparse.neighbors import MARGIN   # candidates searched beyond k
 WORKSPACE_BYTES = 300 << 20
 
 

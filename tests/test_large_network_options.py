@@ -203,3 +203,34 @@ def test_memory_model_matches_a_measured_hypergraph_stage():
     assert "error" not in measured, measured
     predicted = hypergraph_stage_bytes(20_000, backward=True) / 2**20
     assert 0.7 < measured["peak_mib"] / predicted < 1.4, (measured["peak_mib"], predicted)
+
+
+def test_model_built_and_run_under_inference_mode(small_config):
+    """Parameters created under inference_mode have no version counter: nothing is cached, and
+    the structures are rebuilt on every call instead of failing."""
+    c = small_config(graph="static", fusion="spatial_only")
+    x = batch(c)
+    with torch.inference_mode():
+        model = STHSepNet(c, adjacency=sparse_adjacency(c.num_nodes)).eval()
+        first = model(x)
+        torch.testing.assert_close(model(x), first)
+
+
+def test_checkpoint_with_the_old_dense_static_adjacency_still_loads(small_config, tmp_path, monkeypatch):
+    from sthfast import checkpoint
+
+    c = small_config(graph="static", fusion="spatial_only")
+    dense = sparse_adjacency(c.num_nodes)
+    model = STHSepNet(c, adjacency=dense).eval()
+    checkpoint.save(tmp_path / "ckpt", model, {})
+    real_load = checkpoint.load_file
+
+    def old_format(path):                       # what a checkpoint written before sparse storage holds
+        weights = real_load(path)
+        weights.pop("spatial.static_index"), weights.pop("spatial.static_weight")
+        weights["spatial.static_adjacency"] = torch.from_numpy(dense)
+        return weights
+
+    monkeypatch.setattr(checkpoint, "load_file", old_format)
+    loaded, _ = checkpoint.load_model(tmp_path / "ckpt", STHSepNet)
+    torch.testing.assert_close(loaded.eval()(batch(c)), model(batch(c)))

@@ -32,18 +32,23 @@ class DilatedInception(nn.Module):
 
 class EvalCache:
     """A structure built from a module's parameters, kept while the module is in eval mode with
-    gradients off and rebuilt when any parameter changes (an optimizer step or a load bumps the
-    tensors' versions; a move to another device changes their storage)."""
+    gradients off and rebuilt when any parameter changes: an optimizer step, ``load_state_dict`` or
+    ``copy_`` bumps the tensors' versions, a move to another device or dtype changes their storage.
+    Writes through ``.data`` bypass version counting: call :meth:`clear` after them. Parameters
+    created under ``torch.inference_mode`` have no version counter, so nothing is cached for them."""
 
     def __init__(self):
         self.key, self.value = None, None
 
+    def clear(self) -> None:
+        self.key = self.value = None
+
     def get(self, module: nn.Module, build):
-        if module.training or torch.is_grad_enabled():
-            self.key = self.value = None
+        params = list(module.parameters())
+        if module.training or torch.is_grad_enabled() or any(p.is_inference() for p in params):
+            self.clear()
             return build()
-        key = (torch.is_inference_mode_enabled(),
-               *((p.data_ptr(), p.dtype, p._version) for p in module.parameters()))
+        key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p.dtype, p._version) for p in params))
         if key != self.key:
             self.key, self.value = key, build()
         return self.value
@@ -117,8 +122,9 @@ class KNNHypergraph(nn.Module):
                                   neighbors=self._neighbors(z), backend=self.backend)
 
     def _neighbors(self, z: Tensor) -> Tensor:
-        """``[..., N, k]`` hyperedge members, self first: searched now, or (every ``rebuild_every``
-        training steps) reused from the last search."""
+        """``[..., N, k]`` hyperedge members, self first: searched now, or reused from the last
+        search, which runs every ``rebuild_every`` training forward passes (with gradient
+        accumulation, count the passes, not the optimizer steps)."""
         if self.rebuild_every == 1 or not self.training:
             return self._search(z)
         if int(self.steps) % self.rebuild_every == 0:
@@ -208,7 +214,8 @@ class SpatialStream(nn.Module):
         """The fixed adjacency in the backend's form, built once per device, dtype and content
         version (building it costs a sort of the edges and a host sync)."""
         w, n = self.static_weight, self.config.num_nodes
-        key = (w.device, w.dtype, w._version, self.static_index._version, self.config.backend)
+        versions = [None if t.is_inference() else t._version for t in (w, self.static_index)]
+        key = (w.device, w.dtype, w.data_ptr(), *versions, self.config.backend)
         if self._static_cache is None or self._static_cache[0] != key:
             a = torch.sparse_coo_tensor(self.static_index, w, (n, n), check_invariants=True).coalesce()
             self._static_cache = (key, ops.static_graph(a, backend=self.config.backend))

@@ -29,8 +29,9 @@ AUTO_ORDER = ("triton", "cuda", "cpp", "faiss", "sparse", "reference")
 PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
          ("static_graph", "graph_mixprop"))
 BACKEND_NAMES = ("auto",) + AUTO_ORDER
-# Points from which ``auto`` searches neighbours with FAISS rather than the tiled torch search:
-# where FAISS's flat search overtakes it on a 2-core CPU (benchmarks/test_neighbor_search.py).
+# Points from which ``auto`` searches neighbours with FAISS rather than the tiled torch search on
+# the CPU: where FAISS's flat search overtook it on a 2-core CPU (benchmarks/large_n.py, RESULTS.md).
+# On CUDA ``auto`` keeps Triton when it is installed (FAISS GPU unmeasured here: name ``faiss``).
 FAISS_MIN_POINTS = 4096
 
 # op name -> backend name -> (implementation, auto picks it on device, runs on device if named,
@@ -66,8 +67,8 @@ def resolve(op: str, backend: str, device: torch.device | str, points: int = 0) 
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend={backend!r} is not one of {list(BACKEND_NAMES)}")
     if backend == "auto" or backend not in impls:  # a backend that lacks the op leaves it to auto
-        return next(name for name in AUTO_ORDER
-                    if name in impls and impls[name][1](device) and points >= impls[name][3])
+        return next(name for name in AUTO_ORDER   # sizes first: small searches never probe FAISS
+                    if name in impls and points >= impls[name][3] and impls[name][1](device))
     if not impls[backend][2](device):
         usable = [name for name in AUTO_ORDER if name in impls and impls[name][2](device)]
         raise ValueError(f"backend {backend!r} cannot run {op} on {device}; usable here: {usable}")
