@@ -1,0 +1,152 @@
+"""Throughput of every op and of the whole model: the fast paths, the dense reference and the
+authors' approach (``authors_approach.py``), by N (207 LOS-LOOP / METR-LA, 358 PEMS03, 883 PEMS07,
+8,600 LargeST CA), backend and dtype, each case with its peak memory in ``extra_info``.
+
+    python -m pytest benchmarks/test_throughput.py --benchmark-json=benchmarks/throughput.json
+    python benchmarks/render_results.py
+
+``STHFAST_BENCH_QUICK=1`` runs every case once at N = 64 (the test suite does, with
+``--benchmark-disable``, so that the suite cannot rot). Cases that cannot run at a size (the
+authors' dense attention needs B T N^2 floats per tensor: 113 GB at 8,600) skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from conftest import call_peak_mib, own_peak_mib
+
+import authors_approach
+from sthfast import STHSepNet, STHSepNetConfig, backends, extension, ops
+
+QUICK = os.environ.get("STHFAST_BENCH_QUICK") == "1"
+SIZES = (64,) if QUICK else (207, 358, 883, 8600)
+D, K, C, T, DEPTH, BETA = 40, 3, 32, 12, 2, 0.05
+BATCH = 2 if QUICK else 32             # the authors' anchors: B = 32, 32 channels
+TRAIN_BATCH = 2 if QUICK else 8
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SECONDS_PER_CALL_LIMIT = 5.0           # slower cases: one round, in-process peak
+
+
+def _points(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(n)
+    return torch.tanh(torch.randn(n, D, generator=g))
+
+
+def _features(n: int, dtype: torch.dtype, grad: bool = True) -> torch.Tensor:
+    g = torch.Generator().manual_seed(n + 1)
+    return torch.randn(BATCH, C, n, T, generator=g).to(dtype).requires_grad_(grad)
+
+
+def op_case(op: str, backend: str, n: int, dtype: str):
+    """A no-argument call of ``op`` at ``n`` nodes (importable: ``call_peak_mib`` rebuilds it)."""
+    dt = DTYPES[dtype]
+    if op == "pool_patch":
+        x = torch.randn(BATCH, T, n, 1, requires_grad=True)
+        return lambda: ops.pool_patch(x, 4, 2, backend=backend)[0].sum().backward()
+    z = _points(n)
+    if op == "topk":
+        return lambda: ops.topk_neighbors(z, z, K, self_first=True, backend=backend)
+    if op == "hypergraph_construction":
+        if backend == "authors":
+            return lambda: authors_approach.knn_incidence(z, K)
+        return lambda: ops.knn_hypergraph(z, K, backend=backend)
+    x = _features(n, dt)
+    if op == "hypergraph_propagation":
+        if backend == "authors":
+            incidence = authors_approach.knn_incidence(z, K)
+            return lambda: authors_approach.hypergraph_attention_conv(x, incidence, dt).sum().backward()
+        structure = ops.knn_hypergraph(z.to(dt), K, backend=backend)
+        return lambda: ops.hypergraph_mixprop(x, structure, DEPTH, BETA, backend=backend).sum().backward()
+    if op == "graph_mixprop":
+        m1, m2 = z[:, : D // 2].to(dt), z[:, D // 2:].to(dt)
+        def run():
+            graph = ops.adaptive_graph(m1, m2, min(20, n - 1), 3.0, backend=backend)
+            ops.graph_mixprop(x, graph, DEPTH, BETA, backend=backend).sum().backward()
+        return run
+    raise ValueError(op)
+
+
+def model_case(step: str, backend: str, n: int, batch: int):
+    """One training step (forward, backward, Adam) or one inference call (eval, no gradients: the
+    graph and hypergraph are built on the first call and reused) of the default model, 12 -> 12."""
+    torch.manual_seed(0)
+    config = STHSepNetConfig(num_nodes=n, seq_len=12, pred_len=12, patch_len=4, stride=2, backend=backend)
+    model = STHSepNet(config)
+    x, y = torch.randn(batch, 12, n, 1), torch.randn(batch, 12, n)
+    if step == "inference":
+        model.eval()
+        def infer():
+            with torch.no_grad():
+                model(x)
+        return infer
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    def train():
+        optimizer.zero_grad()
+        (model(x) - y).square().mean().backward()
+        optimizer.step()
+    return train
+
+
+def _skip_reason(op: str, backend: str, n: int, dtype: str) -> str | None:
+    if backend == "faiss" and not backends.probe("faiss").ok:
+        return "FAISS is not installed"
+    if backend == "cpp" and not extension.available():
+        return "the C++ extension is not built"
+    if backend == "authors" and op == "hypergraph_propagation" and n > 1000:
+        return f"the authors' dense attention needs {BATCH * T * n * n * 4 / 1e9:.0f} GB per tensor"
+    if backend == "authors" and dtype == "bfloat16" and n > 207:
+        return "bfloat16 as the authors ship it: measured at N = 207 only (~7x slower than float32 here)"
+    if dtype == "bfloat16" and backend not in ("authors", "sparse"):
+        return "bfloat16 compared for the authors' convolution and the sparse path only"
+    return None
+
+
+def _measure(benchmark, make, factory: str, *args) -> float | None:
+    """Time ``make()`` (rounds by cost) and return its call's peak MiB."""
+    fn = make()
+    start = time.perf_counter()
+    fn()                                                            # warm-up, and the cost estimate
+    slow = time.perf_counter() - start > SECONDS_PER_CALL_LIMIT
+    if QUICK:
+        peak = None
+    elif slow:
+        peak = own_peak_mib(fn)                                     # in-process: may understate
+    else:
+        peak = call_peak_mib("test_throughput", factory, *args)
+    benchmark.pedantic(fn, rounds=1 if slow or QUICK else 5, warmup_rounds=0)
+    return peak
+
+
+OPS = {"pool_patch": ("reference", "cpp"), "topk": ("reference", "sparse", "faiss"),
+       "hypergraph_construction": ("authors", "reference", "sparse", "faiss"),
+       "hypergraph_propagation": ("authors", "reference", "sparse"),
+       "graph_mixprop": ("reference", "sparse")}
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("op,backend", [(op, b) for op, bs in OPS.items() for b in bs])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_op(benchmark, op, backend, n, dtype):
+    if dtype == "bfloat16" and op != "hypergraph_propagation":
+        pytest.skip("bfloat16 is compared for the propagation only")
+    reason = _skip_reason(op, backend, n, dtype)
+    if reason:
+        pytest.skip(reason)
+    peak = _measure(benchmark, lambda: op_case(op, backend, n, dtype), "op_case", op, backend, n, dtype)
+    benchmark.extra_info.update(kind="op", op=op, backend=backend, n=n, dtype=dtype, batch=BATCH,
+                                call_peak_mib=None if peak is None else round(peak, 2),
+                                torch_threads=torch.get_num_threads())
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("step,batch", [("train", TRAIN_BATCH), ("inference", 1), ("inference", BATCH)])
+def test_model(benchmark, step, batch, backend, n):
+    peak = _measure(benchmark, lambda: model_case(step, backend, n, batch), "model_case", step, backend, n, batch)
+    benchmark.extra_info.update(kind="model", step=step, backend=backend, n=n, batch=batch,
+                                call_peak_mib=None if peak is None else round(peak, 2),
+                                torch_threads=torch.get_num_threads())
