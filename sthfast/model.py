@@ -14,6 +14,7 @@ from .config import STHSepNetConfig
 from .nn.fusion import FUSION_MODULES
 from .nn.spatial import SpatialStream
 from .nn.temporal import TemporalStream
+from .profiling import stage
 
 
 class STHSepNet(nn.Module):
@@ -65,13 +66,15 @@ class STHSepNet(nn.Module):
             return x.new_zeros(0, c.pred_len, c.num_nodes)
         y_time = y_space = None
         if self.temporal is not None:
-            y_time = self.temporal(x).unsqueeze(-1).expand(-1, -1, c.num_nodes)  # [B, H, N]
+            with stage("temporal_stream"):
+                y_time = self.temporal(x).unsqueeze(-1).expand(-1, -1, c.num_nodes)  # [B, H, N]
         if self.spatial is not None:
             y_space = self.spatial(x)                                   # [B, H, N]
-        if self.fusion is not None:
-            y = self.fusion(y_time, y_space)
-        else:
-            y = y_time.contiguous() if y_space is None else y_space
+        with stage("fusion"):
+            if self.fusion is not None:
+                y = self.fusion(y_time, y_space)
+            else:
+                y = y_time.contiguous() if y_space is None else y_space
         if c.clamp:
             y = torch.maximum(torch.minimum(y, self.clamp_max), self.clamp_min)
         return y

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import STHSepNetConfig
+from ..profiling import stage
 
 KERNEL_SET = (2, 3, 6, 7)
 KERNEL_SIZE = max(KERNEL_SET)
@@ -69,9 +70,10 @@ class AdaptiveGraph(nn.Module):
         return self.frozen.get(self, self._build)
 
     def _build(self):
-        m1 = torch.tanh(self.alpha * self.lin1(self.emb1.weight))   # [N, d]
-        m2 = torch.tanh(self.alpha * self.lin2(self.emb2.weight))
-        return ops.adaptive_graph(m1, m2, self.k, self.alpha, backend=self.backend)
+        with stage("graph_construction"):
+            m1 = torch.tanh(self.alpha * self.lin1(self.emb1.weight))   # [N, d]
+            m2 = torch.tanh(self.alpha * self.lin2(self.emb2.weight))
+            return ops.adaptive_graph(m1, m2, self.k, self.alpha, backend=self.backend)
 
 
 class KNNHypergraph(nn.Module):
@@ -117,9 +119,14 @@ class KNNHypergraph(nn.Module):
         return self.frozen.get(self, lambda: self._build(x))
 
     def _build(self, x: Tensor):
-        z = self.node_features(x)
-        return ops.knn_hypergraph(z, self.k, binary=self.mode == "binary", temperature=self.temperature,
-                                  neighbors=self._neighbors(z), backend=self.backend)
+        with stage("node_features"):
+            z = self.node_features(x)
+        with stage("neighbour_search"):
+            neighbors = self._neighbors(z)
+        with stage("hyperedge_structure"):
+            return ops.knn_hypergraph(z, self.k, binary=self.mode == "binary",
+                                      temperature=self.temperature, neighbors=neighbors,
+                                      backend=self.backend)
 
     def _neighbors(self, z: Tensor) -> Tensor:
         """``[..., N, k]`` hyperedge members, self first: searched now, or reused from the last
@@ -196,19 +203,27 @@ class SpatialStream(nn.Module):
         inp = x.permute(0, 3, 2, 1)                                    # [B, F, N, T]
         if inp.shape[-1] < self.window:
             inp = F.pad(inp, (self.window - inp.shape[-1], 0))
-        graph = self._static_graph() if c.graph == "static" else (self.graph() if self.graph else None)
+        if c.graph == "static":
+            with stage("graph_construction"):
+                graph = self._static_graph()
+        else:
+            graph = self.graph() if self.graph else None
         hypergraph = self.hypergraph(inp) if self.hypergraph is not None else None
-        h = self.start(inp)                                            # [B, C, N, T]
-        skip = self.skip_in(F.dropout(inp, c.dropout, self.training))  # [B, S, N, 1]
+        with stage("input_convolutions"):
+            h = self.start(inp)                                            # [B, C, N, T]
+            skip = self.skip_in(F.dropout(inp, c.dropout, self.training))  # [B, S, N, 1]
         for i in range(c.layers):
             residual = h
-            h = torch.tanh(self.filters[i](h)) * torch.sigmoid(self.gates[i](h))
-            h = F.dropout(h, c.dropout, self.training)
-            skip = skip + self.skips[i](h)
-            h = self._mix(i, h, graph, hypergraph) + residual[..., -h.shape[-1]:]
-            h = self.norms[i](h)
-        h = F.relu(self.skip_out(h) + skip)
-        return self.end2(F.relu(self.end1(h))).squeeze(-1)             # [B, H, N]
+            with stage("temporal_convolutions"):
+                h = torch.tanh(self.filters[i](h)) * torch.sigmoid(self.gates[i](h))
+                h = F.dropout(h, c.dropout, self.training)
+                skip = skip + self.skips[i](h)
+            h = self._mix(i, h, graph, hypergraph)
+            with stage("residual_and_norm"):
+                h = self.norms[i](h + residual[..., -h.shape[-1]:])
+        with stage("output_convolutions"):
+            h = F.relu(self.skip_out(h) + skip)
+            return self.end2(F.relu(self.end1(h))).squeeze(-1)             # [B, H, N]
 
     def _static_graph(self):
         """The fixed adjacency in the backend's form, built once per device, dtype and content
@@ -225,17 +240,21 @@ class SpatialStream(nn.Module):
         """Layer ``i``'s spatial mixing: ``g * graph + (1 - g) * hypergraph`` with learned ``g``."""
         c = self.config
         if graph is None and hypergraph is None:
-            return self.residual[i](h)
+            with stage("residual_and_norm"):
+                return self.residual[i](h)
         if graph is not None:
-            graph_branch = (self.graph_out[i](ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha,
-                                                                backend=c.backend))
-                            + self.graph_in[i](ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha,
-                                                                 transpose=True, backend=c.backend)))
+            with stage("graph_mixprop"):
+                graph_branch = (self.graph_out[i](ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha,
+                                                                    backend=c.backend))
+                                + self.graph_in[i](ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha,
+                                                                     transpose=True, backend=c.backend)))
             if hypergraph is None:
                 return graph_branch
-        hyper_branch = self.hyper_mix[i](ops.hypergraph_mixprop(h, hypergraph, c.gcn_depth,
-                                                                c.prop_alpha, backend=c.backend))
+        with stage("hypergraph_mixprop"):
+            hyper_branch = self.hyper_mix[i](ops.hypergraph_mixprop(h, hypergraph, c.gcn_depth,
+                                                                    c.prop_alpha, backend=c.backend))
         if graph is None:
             return hyper_branch
-        g = torch.sigmoid(self.branch_logit[i])
-        return g * graph_branch + (1 - g) * hyper_branch
+        with stage("hypergraph_mixprop"):   # the learned blend of the two branches
+            g = torch.sigmoid(self.branch_logit[i])
+            return g * graph_branch + (1 - g) * hyper_branch

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from ..profiling import stage
 from .structure import SparseRows
 
 Spmm = Callable[..., Tensor]
@@ -66,7 +67,10 @@ def hypergraph_mixprop(spmm: Spmm, x: Tensor, incidence_t: SparseRows, depth: in
     spread = s._replace(val=s.val * inv_v[s.col] * (1.0 - beta))    # node mean of its hyperedges
 
     def step(h: Tensor, x0: Tensor) -> Tensor:
-        return torch.add(spmm(spread, spmm(gather, h), transpose=True), x0, alpha=beta)
+        with stage("v2e"):
+            edges = spmm(gather, h)
+        with stage("e2v"):
+            return torch.add(spmm(spread, edges, transpose=True), x0, alpha=beta)
 
     return _mixprop(x, step, depth, s.blocks)
 

@@ -1,0 +1,32 @@
+"""``python/profile_hypergraph.py`` on the embedded dataset: every scenario runs, its stage times add
+up to the measured forward pass, reuse skips construction, and the chart is written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "python"))
+import profile_hypergraph  # noqa: E402
+
+CONSTRUCTION = ("graph_construction", "node_features", "neighbour_search", "hyperedge_structure")
+TOLERANCE = 0.10   # the stages leave only glue (a few Python statements) untimed
+
+
+@pytest.mark.slow
+def test_profiler_stages_add_up_on_the_embedded_data(tmp_path, capsys):
+    chart, trace = tmp_path / "chart.png", tmp_path / "trace.json"
+    results = profile_hypergraph.main(["--tiny", "--repeats", "1", "--batch", "4", "--chart", str(chart),
+                                       "--trace", str(trace)])
+    assert set(results) == set(profile_hypergraph.SCENARIOS)
+    for name, stages in results.items():
+        summed = sum(stages.get(s, 0.0) for s in profile_hypergraph.STAGES)
+        assert abs(summed - stages["forward"]) <= TOLERANCE * stages["forward"], (name, summed, stages)
+        assert ("backward" in stages) == ("training" in name)
+    assert all(results["streaming, rebuilt"].get(s, 0) > 0 for s in CONSTRUCTION)
+    assert not any(s in results["streaming, reused"] for s in CONSTRUCTION)     # built once, reused
+    assert "v2e" in results["training batch"] and "hypergraph_mixprop" not in results["static graph, streaming"]
+    assert chart.stat().st_size > 10_000 and trace.stat().st_size > 0
+    assert "sum of stages" in capsys.readouterr().out
