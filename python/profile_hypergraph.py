@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chart", default="hypergraph_profile.png")
     parser.add_argument("--trace", default=None, help="write a Chrome trace of one training batch")
+    parser.add_argument("--json", default=None, help="also write the table as JSON (for RESULTS.md)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model (for tests)")
     args = parser.parse_args(argv)
 
@@ -163,6 +164,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(table(results))
     chart(results, Path(args.chart), f"STH-SepNet forward stages, N = {n}")
     print(f"\nchart: {args.chart}" + (f"; trace: {args.trace}" if args.trace else ""))
+    if args.json:
+        import json
+        import platform
+
+        meta = dict(nodes=n, seq_len=args.seq_len, batch=args.batch, backend=args.backend,
+                    repeats=args.repeats, threads=torch.get_num_threads(), torch=torch.__version__,
+                    machine=platform.processor() or platform.machine(), chart=Path(args.chart).name,
+                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    command="python python/profile_hypergraph.py " + " ".join(argv or sys.argv[1:]))
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     return results
 
 
