@@ -47,7 +47,7 @@ def inputs(nodes: int | None, batch: int, seq_len: int) -> tuple[torch.Tensor, t
     rows = torch.arange(nodes).repeat_interleave(3)
     cols = torch.randint(0, nodes, (3 * nodes,), generator=g)
     adjacency = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.rand(3 * nodes, generator=g),
-                                        (nodes, nodes)).coalesce()
+                                        (nodes, nodes), check_invariants=True).coalesce()
     return x, adjacency, nodes
 
 
