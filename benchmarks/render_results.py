@@ -248,7 +248,7 @@ def throughput_section(run: dict) -> list[str]:
 
 
 def profile_section(runs: list[dict]) -> list[str]:
-    from sthfast.profiling import STAGES, SUBSTAGES  # noqa: PLC0415
+    from sthfast.profiling import STAGES, table_rows  # noqa: PLC0415
 
     lines = ["## Hypergraph latency profile: where the forward pass's time goes", ""]
     for run in runs:
@@ -260,15 +260,9 @@ def profile_section(runs: list[dict]) -> list[str]:
                   f"{meta['backend']}, {meta['date']}; median of {meta['repeats']} calls after a "
                   f"warm-up; ms (share of the forward). Chart: `{meta['chart']}`.", "",
                   "| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-        rows = [(s, s) for s in STAGES] + [(f"&nbsp;&nbsp;{sub}", sub) for p in SUBSTAGES for sub in SUBSTAGES[p]]
-        for label, key in rows + [("**sum of stages**", "sum"), ("**forward (measured)**", "forward"),
-                                  ("backward", "backward"), ("total", "total")]:
-            cells = []
-            for n in names:
-                r = res[n]
-                value = sum(r.get(x, 0.0) for x in STAGES) if key == "sum" else r.get(key)
-                cells.append("-" if not value else f"{value:,.1f} ({100 * value / r['forward']:.0f}%)")
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for label, nested, cells in table_rows(res):
+            text = ["-" if c is None else f"{c[0]:,.1f} ({100 * c[1]:.0f}%)" for c in cells]
+            lines.append(f"| {'&nbsp;&nbsp;' * nested}{label} | " + " | ".join(text) + " |")
         top = {n: max(STAGES, key=lambda x: res[n].get(x, 0.0)) for n in names}
         lines += ["", "Dominant stage: " + "; ".join(f"{n}: {top[n]}" for n in names) + ".", ""]
     return lines

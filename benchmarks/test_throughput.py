@@ -106,8 +106,6 @@ def _skip_reason(op: str, backend: str, n: int, dtype: str) -> str | None:
         return f"the authors' dense attention needs {BATCH * T * n * n * 4 / 1e9:.0f} GB per tensor"
     if backend == "authors" and dtype == "bfloat16" and n > 207:
         return "bfloat16 as the authors ship it: measured at N = 207 only (~7x slower than float32 here)"
-    if dtype == "bfloat16" and backend not in ("authors", "sparse"):
-        return "bfloat16 compared for the authors' convolution and the sparse path only"
     return None
 
 
@@ -134,12 +132,13 @@ OPS = {"pool_patch": ("reference", "cpp"), "topk": ("reference", "sparse", "fais
        "graph_mixprop": ("reference", "sparse")}
 
 
+OP_CASES = [(op, b, "float32") for op, bs in OPS.items() for b in bs] + \
+    [("hypergraph_propagation", b, "bfloat16") for b in ("authors", "sparse")]   # as the authors ship it
+
+
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("op,backend", [(op, b) for op, bs in OPS.items() for b in bs])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("op,backend,dtype", OP_CASES)
 def test_op(benchmark, op, backend, n, dtype):
-    if dtype == "bfloat16" and op != "hypergraph_propagation":
-        pytest.skip("bfloat16 is compared for the propagation only")
     reason = _skip_reason(op, backend, n, dtype)
     if reason:
         pytest.skip(reason)

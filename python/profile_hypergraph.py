@@ -25,7 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from sthfast import STHSepNet, STHSepNetConfig
-from sthfast.profiling import PREFIX, STAGES, SUBSTAGES
+from sthfast.profiling import PREFIX, STAGES, table_rows
 
 SCENARIOS = ("streaming, rebuilt", "streaming, reused", "training batch", "static graph, streaming",
              "static graph, training batch")
@@ -87,17 +87,10 @@ def stage_times(model: STHSepNet, x: torch.Tensor, train: bool, rebuild: bool, r
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    names = list(results)
-    lines = [f"{'stage (ms, median)':28s}" + "".join(f"{n[:22]:>24s}" for n in names)]
-    rows = [(s, s) for s in STAGES] + [(f"  {sub}", sub) for parent in SUBSTAGES for sub in SUBSTAGES[parent]]
-    for label, key in rows + [("sum of stages", "sum"), ("forward (measured)", "forward"),
-                              ("backward", "backward"), ("total", "total")]:
-        cells = []
-        for n in names:
-            r = results[n]
-            value = sum(r.get(s, 0.0) for s in STAGES) if key == "sum" else r.get(key)
-            cells.append(f"{'-':>24s}" if not value else f"{value:>14.2f} ({100 * value / r['forward']:5.1f}%)")
-        lines.append(f"{label:28s}" + "".join(cells))
+    lines = [f"{'stage (ms, median)':28s}" + "".join(f"{n[:22]:>24s}" for n in results)]
+    for label, nested, cells in table_rows(results):
+        text = [f"{'-':>24s}" if c is None else f"{c[0]:>14.2f} ({100 * c[1]:5.1f}%)" for c in cells]
+        lines.append(f"{('  ' if nested else '') + label:28s}" + "".join(text))
     return "\n".join(lines)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from torch.profiler import record_function
 
+Row = tuple[str, bool, list[tuple[float, float] | None]]
+
 STAGES = ("temporal_stream", "graph_construction", "node_features", "neighbour_search",
           "hyperedge_structure", "input_convolutions", "temporal_convolutions", "graph_mixprop",
           "hypergraph_mixprop", "residual_and_norm", "output_convolutions", "fusion")
@@ -21,3 +23,20 @@ PREFIX = "sthfast."
 def stage(name: str) -> record_function:
     """``with stage("neighbour_search"): ...`` marks a range named ``sthfast.neighbour_search``."""
     return record_function(PREFIX + name)
+
+
+def table_rows(results: dict[str, dict[str, float]]) -> list[Row]:
+    """The rows of a per-stage table over scenarios ``results`` (scenario -> stage -> ms), for
+    any renderer: ``(label, nested, cells)``, each cell ``(ms, share of the forward)`` or None where
+    the scenario has no such stage. After the stages and substages: their sum, the measured forward,
+    the backward and the total."""
+    keys = [(name, False) for name in STAGES] + [(sub, True) for subs in SUBSTAGES.values() for sub in subs]
+    keys += [("sum of stages", False), ("forward", False), ("backward", False), ("total", False)]
+    rows = []
+    for key, nested in keys:
+        cells = []
+        for r in results.values():
+            value = sum(r.get(s, 0.0) for s in STAGES) if key == "sum of stages" else r.get(key)
+            cells.append((value, value / r["forward"]) if value else None)
+        rows.append(("forward (measured)" if key == "forward" else key, nested, cells))
+    return rows
