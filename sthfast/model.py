@@ -60,7 +60,8 @@ class STHSepNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x[B, T, N]`` or ``[B, T, N, F]`` -> ``[B, pred_len, N]``. An empty batch (B = 0) gives
         an empty output that is not attached to the parameters (there is nothing to learn from)."""
-        x = self._check_input(x)                                       # [B, T, N, F]
+        with stage("input_checks"):
+            x = self._check_input(x)                                   # [B, T, N, F]
         c = self.config
         if x.shape[0] == 0:
             return x.new_zeros(0, c.pred_len, c.num_nodes)

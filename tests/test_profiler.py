@@ -12,13 +12,15 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "python"))
 import profile_hypergraph  # noqa: E402
 
 CONSTRUCTION = ("graph_construction", "node_features", "neighbour_search", "hyperedge_structure")
-TOLERANCE = 0.10   # the stages leave only glue (a few Python statements) untimed
+# The stages leave only Python glue between them untimed: at most 2% of the forward for the default
+# model (benchmarks/RESULTS.md), up to ~11% for this tiny model's few-millisecond forward.
+TOLERANCE = 0.15
 
 
 @pytest.mark.slow
 def test_profiler_stages_add_up_on_the_embedded_data(tmp_path, capsys):
     chart, trace = tmp_path / "chart.png", tmp_path / "trace.json"
-    results = profile_hypergraph.main(["--tiny", "--repeats", "1", "--batch", "4", "--chart", str(chart),
+    results = profile_hypergraph.main(["--tiny", "--repeats", "3", "--batch", "4", "--chart", str(chart),
                                        "--trace", str(trace)])
     assert set(results) == set(profile_hypergraph.SCENARIOS)
     for name, stages in results.items():
