@@ -154,7 +154,7 @@ def main() -> None:
 
     import torch
 
-    from sthfast import backends
+    from sthfast import backends, ops
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = [measure(spec) for spec in cases(args.quick)]
@@ -162,6 +162,7 @@ def main() -> None:
                             cwd=HERE).stdout.strip()
     record = {"date": started, "commit": commit, "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "torch": torch.__version__, "faiss": backends.probe("faiss").detail,
+              "propagation": ops.resolve("hypergraph_mixprop", "auto", "cpu"),
               "command": "python benchmarks/large_n.py", "results": results}
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
 

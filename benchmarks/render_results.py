@@ -174,10 +174,13 @@ def large_n_section(run: dict) -> list[str]:
                      f"{_ratio(ti and ti.get('seconds'), ex and ex.get('seconds'))} |")
     lines += ["", "### Hypergraph stage with `auto`: construction + MixProp depth 2, C = 32, T = 12, "
               "B = 1, forward + backward", "",
+              f"Propagation backend: `{run.get('propagation', 'sparse')}` (the memory model of that path).", "",
               "| N | ms | peak MiB | memory model MiB (sthfast/memory.py) | measured / model |",
               "|---:|---:|---:|---:|---:|"]
+    fused = run.get("propagation", "sparse") == "cpp"         # which MixProp `auto` ran
     for r in (r for r in res if r["kind"] == "stage"):
-        model = hypergraph_stage_bytes(r["n"], backward=True) / 2**20
+        model = hypergraph_stage_bytes(r["n"], backward=True, fused=fused,
+                                       threads=r.get("threads", 2)) / 2**20
         t, m = cell(r)
         lines.append(f"| {r['n']:,} | {t} | {m} | {model:,.0f} | "
                      f"{_ratio(r.get('peak_mib'), model)} |")

@@ -53,9 +53,11 @@ def probe(name: str) -> Found:
         from . import extension  # noqa: PLC0415
 
         if not extension.available():
-            return Found(name, False, f"{extension.load()}: pool_patch runs the reference")
+            return Found(name, False, f"{extension.load()}: pool_patch runs the reference, "
+                                      "MixProp the sparse backend")
         cuda = "with" if extension.has_cuda_kernels() else "without"
-        return Found(name, True, f"sthfast._C, CPU kernels, {cuda} CUDA kernels")
+        return Found(name, True, f"sthfast._C, CPU kernels (MixProp: {extension.mixprop_isa()} copy), "
+                                 f"{cuda} CUDA kernels")
     raise ValueError(f"unknown optional piece {name!r}")
 
 

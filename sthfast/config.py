@@ -85,7 +85,7 @@ class STHSepNetConfig:
     gate_hidden: int = help_field(64, "Hidden width of the node-wise gate, attention and LSTM fusions.")
     clamp: bool = help_field(False, "Clamp the output to the per-node training min / max (set with STHSepNet.set_clamp_range).")
     check_inputs: bool = help_field(True, "Reject inputs with NaN or inf at every forward (one device-to-host sync per call; switch off in a tuned loop over checked data).")
-    backend: str = help_field("auto", "Op backend: 'auto' (the best available per op and device: 'triton' on CUDA when Triton is installed, else 'sparse'; FAISS for neighbour searches over many points when installed (the threshold: sthfast info); the compiled extension for pool + patch when built), 'reference' (dense PyTorch, O(N^2)), 'sparse' (torch CSR ops, O(N k), CPU and CUDA), 'triton' (GPU kernels), 'faiss' (FAISS neighbour search with the sparse ops), 'cpp' / 'cuda' (the compiled extension's pool + patch). A backend that lacks an op leaves it to 'auto'.", choices=BACKENDS)
+    backend: str = help_field("auto", "Op backend: 'auto' (the best available per op and device: 'triton' on CUDA when Triton is installed, else 'sparse'; FAISS for neighbour searches over many points when installed (the threshold: sthfast info); the compiled extension for pool + patch and, on the CPU, MixProp when built), 'reference' (dense PyTorch, O(N^2)), 'sparse' (torch CSR ops, O(N k), CPU and CUDA), 'triton' (GPU kernels), 'faiss' (FAISS neighbour search with the sparse ops), 'cpp' (the compiled extension's pool + patch and fused MixProp, CPU) / 'cuda' (its pool + patch on CUDA). A backend that lacks an op leaves it to 'auto'.", choices=BACKENDS)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):

@@ -1,9 +1,11 @@
 """The compiled extension ``sthfast._C`` (``csrc/``, built from ``CMakeLists.txt``): the fused
-pool + patch op, CPU kernels always, CUDA kernels where the build had nvcc and a CUDA torch.
+pool + patch op (CPU kernels always, CUDA kernels where the build had nvcc and a CUDA torch) and
+the fused sparse MixProp (CPU).
 
-The C++ side defines ``sthfast::pool_patch_forward`` / ``sthfast::pool_patch_backward`` and their
-device kernels; this module adds what makes them a complete PyTorch op: fake (meta) kernels for
-``torch.compile`` and the autograd rule. Nothing here fails when the extension is missing:
+The C++ side defines ``sthfast::pool_patch_forward`` / ``sthfast::pool_patch_backward``,
+``sthfast::mixprop_forward`` / ``sthfast::mixprop_backward`` and their device kernels; this module
+adds what makes them complete PyTorch ops: fake (meta) kernels for ``torch.compile`` and the
+autograd rules. Nothing here fails when the extension is missing:
 :func:`available` says so, and ``backend="auto"`` then uses the reference.
 """
 
@@ -31,11 +33,13 @@ def load() -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result   # torch.compile: a constant, not a call to trace
 def available() -> bool:
     """Whether the extension's CPU kernels can run."""
     return load() is None
 
 
+@torch.compiler.assume_constant_result
 def has_cuda_kernels() -> bool:
     """Whether the extension was compiled with its CUDA kernels."""
     return available() and torch._C._dispatch_has_kernel_for_dispatch_key(
@@ -52,7 +56,61 @@ def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, e
     return patches, mean, std
 
 
+def mixprop_isa() -> str | None:
+    """Which copy of the fused MixProp's CPU kernels runs here: ``"avx2"`` (AVX2 + FMA) or
+    ``"baseline"`` (``STHFAST_CPU_BASELINE=1`` forces it); None without the extension."""
+    return torch.ops.sthfast.mixprop_isa() if available() else None
+
+
+# A MixProp step as hops over one sparse structure: (transpose, index of its value vector).
+Hops = tuple[tuple[bool, int], ...]
+
+
+def mixprop(x: Tensor, structure, vals: Tensor, hops: Hops, depth: int, beta: float) -> Tensor:
+    """Fused MixProp ``h_0 = x, h_{j+1} = beta x + P h_j`` over ``x [B, C, N, T]`` ->
+    ``[B, C (depth + 1), N, T]``, all steps in one pass (``csrc/cpu/mixprop_cpu.cpp``).
+
+    ``structure`` is a :class:`sthfast.sparse.SparseRows` ``S`` and ``vals [V, nnz]`` value vectors
+    on its pattern (in its forward order); ``P`` applies ``hops`` in turn, each ``S`` (or ``S^T``
+    when its flag is set) with its value vector. Gradients reach ``x`` and ``vals``."""
+    s = structure
+    return torch.ops.sthfast.mixprop_forward(
+        s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t, vals, x, [int(t) for t, _ in hops],
+        [v for _, v in hops], -1 if s.blocks is None else s.blocks, depth, float(beta))
+
+
 def _register_python_parts() -> None:
+    _register_pool_patch()
+    _register_mixprop()
+
+
+def _register_mixprop() -> None:
+    @torch.library.register_fake("sthfast::mixprop_forward")
+    def _(row_ptr, col, col_ptr, t_col, from_t, vals, x, hop_transpose, hop_value, blocks, depth, beta):
+        b, c, n, t = x.shape
+        return x.new_empty(b, (depth + 1) * c, n, t)
+
+    @torch.library.register_fake("sthfast::mixprop_backward")
+    def _(grad, out, row_ptr, col, col_ptr, t_col, from_t, vals, hop_transpose, hop_value, blocks,
+          depth, beta, need_vals):
+        b, dc, n, t = out.shape
+        return vals.new_empty(vals.shape), out.new_empty(b, dc // (depth + 1), n, t)
+
+    def setup_context(ctx, inputs, output):
+        # the output holds every step h_j, the hops' inputs: the backward reads them from it
+        ctx.save_for_backward(output, *inputs[:6])
+        ctx.config = inputs[7:]
+
+    def backward(ctx, grad):
+        grad_vals, grad_x = torch.ops.sthfast.mixprop_backward(
+            grad, *ctx.saved_tensors, *ctx.config, ctx.needs_input_grad[5])
+        return (None, None, None, None, None, grad_vals if ctx.needs_input_grad[5] else None,
+                grad_x, None, None, None, None, None)
+
+    torch.library.register_autograd("sthfast::mixprop_forward", backward, setup_context=setup_context)
+
+
+def _register_pool_patch() -> None:
     @torch.library.register_fake("sthfast::pool_patch_forward")
     def _(x, patch_len, stride, normalize, eps, weight):
         b, t, _, f = x.shape

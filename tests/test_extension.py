@@ -1,5 +1,6 @@
 """The C++ extension's fused pool + patch against the reference: forward and backward, masks,
-awkward shapes; its registration as an op (opcheck, torch.compile); the fallback when it is absent."""
+awkward shapes; its registration as an op (opcheck, torch.compile); the fallback when it is absent
+(the fused MixProp's own tests: ``test_fused_mixprop.py``)."""
 
 import shutil
 import subprocess
@@ -127,8 +128,11 @@ def test_auto_picks_the_extension_on_cpu_and_the_model_agrees_with_the_reference
 def test_without_the_extension_auto_falls_back(monkeypatch):
     monkeypatch.setattr(extension, "available", lambda: False)
     assert ops.resolve("pool_patch", "auto", "cpu") == "reference"
-    with pytest.raises(ValueError, match="backend 'cpp' cannot run pool_patch on cpu"):
-        ops.resolve("pool_patch", "cpp", "cpu")
+    assert ops.resolve("hypergraph_mixprop", "auto", "cpu") == "sparse"
+    assert ops.resolve("graph_mixprop", "auto", "cpu") == "sparse"
+    for op in ("pool_patch", "hypergraph_mixprop"):
+        with pytest.raises(ValueError, match=f"backend 'cpp' cannot run {op} on cpu"):
+            ops.resolve(op, "cpp", "cpu")
 
 
 @pytest.mark.gpu

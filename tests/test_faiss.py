@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from sthfast import backends, ops, reference
+from sthfast import backends, extension, ops, reference
 
 from sthfast import faiss_search
 
@@ -82,7 +82,8 @@ def test_auto_uses_faiss_from_the_threshold():
     assert ops.resolve("topk_neighbors", "auto", "cpu", n) == "faiss"
     assert ops.resolve("knn_hypergraph", "auto", "cpu", n) == "faiss"
     assert ops.resolve("topk_neighbors", "auto", "cpu", n - 1) == "sparse"
-    assert ops.resolve("hypergraph_mixprop", "auto", "cpu") == "sparse"  # propagation is sparse's
+    # propagation is resolved on its own: the extension's fused kernel, or sparse's
+    assert ops.resolve("hypergraph_mixprop", "auto", "cpu") == ("cpp" if extension.available() else "sparse")
     assert ops.resolve("hypergraph_mixprop", "faiss", "cpu") == "faiss"
     z = uniform(n, 6, 2)
     hypergraph = ops.knn_hypergraph(z, 3)                          # auto: FAISS search, CSR result

@@ -1,6 +1,6 @@
 """Every fast backend against the reference: outputs and gradients, fresh random inputs, awkward
-shapes, duplicate points and exact ties. Backends: ``sparse`` always; ``triton`` where it can run
-(a CUDA device, or the interpreter that ``conftest.py`` switches on for the CPU)."""
+shapes, duplicate points and exact ties. Backends: those of ``fast_backends.py`` (``sparse``
+always; ``cpp``, ``faiss`` and ``triton`` where they can run)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from sthfast import ops, reference, sparse
 from sthfast.sparse import neighbors, structure
 
-from fast_backends import FAST_BACKENDS, MODEL_BACKENDS
+from fast_backends import FAST_BACKENDS, MODEL_BACKENDS, SPMM_BACKENDS
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -255,7 +255,7 @@ def spmm_and_topk(backend):
     return kernels.spmm, kernels.topk
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", SPMM_BACKENDS)
 def test_custom_ops_pass_opcheck(backend):
     spmm, topk = spmm_and_topk(backend)
     g = torch.Generator().manual_seed(0)
@@ -360,7 +360,7 @@ def test_sparse_path_allocates_no_n_by_n_tensor(tmp_path):
     assert refused.returncode != 0 and "alloc" in refused.stderr.lower(), refused.stderr[-2000:]
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", SPMM_BACKENDS)
 def test_spmm_with_features_wider_than_one_block(backend):
     """F = 1,500 spans two 1,024-wide gather blocks and twelve 128-wide dot chunks."""
     spmm = spmm_and_topk(backend)[0]

@@ -201,7 +201,9 @@ def test_memory_model_matches_a_measured_hypergraph_stage():
 
     measured = large_n.measure(dict(kind="stage", n=20_000, repeats=1))
     assert "error" not in measured, measured
-    predicted = hypergraph_stage_bytes(20_000, backward=True) / 2**20
+    fused = ops.resolve("hypergraph_mixprop", "auto", "cpu") == "cpp"
+    predicted = hypergraph_stage_bytes(20_000, backward=True, fused=fused,
+                                       threads=measured["threads"]) / 2**20
     assert 0.7 < measured["peak_mib"] / predicted < 1.4, (measured["peak_mib"], predicted)
 
 

@@ -216,8 +216,19 @@ for _op, _fn in sparse.OPS.items():  # torch's sparse CSR kernels: CPU (MKL) and
     register(_op, "sparse", _fn, supports=lambda device: device.type in ("cpu", "cuda"))
 
 
-register("pool_patch", "cpp", extension.pool_patch,
-         supports=lambda device: device.type == "cpu" and extension.available())
+def _cpp_runs(device: torch.device) -> bool:
+    return device.type == "cpu" and extension.available()
+
+
+register("pool_patch", "cpp", extension.pool_patch, supports=_cpp_runs)
+# the extension's fused MixProp over sparse's structures: auto picks the propagations on the CPU;
+# the constructors are sparse's, registered so that naming ``cpp`` works, never picked by auto
+# (which resolves them on their own: the tiled search or FAISS, by size)
+for _op, _fn in sparse.backend_ops(sparse.spmm, sparse.topk, mixprop=extension.mixprop).items():
+    if _op in ("hypergraph_mixprop", "graph_mixprop"):
+        register(_op, "cpp", _fn, supports=_cpp_runs)
+    elif _op != "topk_neighbors":
+        register(_op, "cpp", _fn, supports=_nowhere, runs=_cpp_runs)
 register("pool_patch", "cuda", extension.pool_patch,
          supports=lambda device: device.type == "cuda" and extension.has_cuda_kernels())
 

@@ -53,9 +53,11 @@ def _sampled(row_ptr: Tensor, row: Tensor, col: Tensor, a: Tensor, b: Tensor) ->
 spmm = define_spmm("sparse", _rows, _sampled)
 
 
-def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor]) -> dict[str, Callable]:
+def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
+                mixprop: Callable[..., Tensor] | None = None) -> dict[str, Callable]:
     """The structure / propagation ops of :mod:`sthfast.ops` built on ``spmm`` and ``topk``
-    (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``)."""
+    (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``); with a fused
+    ``mixprop`` kernel (:func:`sthfast.extension.mixprop`) the propagations run through it."""
 
     def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float,
                        neighbors: Tensor | None) -> SparseRows:
@@ -77,10 +79,14 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor]) -> dic
                                   torch.cat([values.new_ones(n, 1), values], 1), n)
 
     def hypergraph_mixprop(x: Tensor, incidence_t: SparseRows, depth: int, beta: float) -> Tensor:
+        if mixprop is not None:
+            return propagate.fused_hypergraph_mixprop(mixprop, x, incidence_t, depth, beta)
         return propagate.hypergraph_mixprop(spmm, x, incidence_t, depth, beta)
 
     def graph_mixprop(x: Tensor, adjacency: SparseRows, depth: int, beta: float,
                       transpose: bool) -> Tensor:
+        if mixprop is not None:
+            return propagate.fused_graph_mixprop(mixprop, x, adjacency, depth, beta, transpose)
         return propagate.graph_mixprop(spmm, x, adjacency, depth, beta, transpose)
 
     return dict(topk_neighbors=topk, knn_hypergraph=knn_hypergraph, adaptive_graph=adaptive_graph,

@@ -9,6 +9,13 @@ TORCH_LIBRARY_FRAGMENT(sthfast, m) {
         "Tensor? weight) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("pool_patch_backward(Tensor grad_patches, Tensor grad_mean, Tensor grad_std, Tensor series, "
         "Tensor std, Tensor? weight, int num_nodes, int stride, bool normalize) -> Tensor");
+  // fused MixProp over a sparse structure (csrc/cpu/mixprop_cpu.cpp): all depth steps, one pass
+  m.def("mixprop_forward(Tensor row_ptr, Tensor col, Tensor col_ptr, Tensor t_col, Tensor from_t, "
+        "Tensor vals, Tensor x, int[] hop_transpose, int[] hop_value, int blocks, int depth, float beta) -> Tensor");
+  m.def("mixprop_backward(Tensor grad, Tensor out, Tensor row_ptr, Tensor col, Tensor col_ptr, Tensor t_col, "
+        "Tensor from_t, Tensor vals, int[] hop_transpose, int[] hop_value, int blocks, int depth, "
+        "float beta, bool need_vals) -> (Tensor, Tensor)");
+  m.def("mixprop_isa() -> str");  // which compiled copy of the MixProp kernels runs: avx2 | baseline
 }
 
 extern "C" PyObject* PyInit__C(void) {
