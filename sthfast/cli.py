@@ -1,4 +1,4 @@
-"""The ``sthfast`` command line: ``train``, ``evaluate``, ``predict``, ``info``.
+"""The ``sthfast`` command line: ``train``, ``evaluate``, ``predict``, ``profile``, ``info``.
 
 The flags of ``train`` are generated from the fields of :class:`TrainConfig` and
 :class:`STHSepNetConfig` (names, types, defaults, choices and help), so flags and config fields are
@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also forecast from every window of the series (window_forecasts [W, H, N])")
     predict.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
 
+    profile = commands.add_parser("profile", help="per-stage latency of the forward pass (streaming, "
+                                  "training batch, static graph): table and PNG chart",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .profiler import add_arguments  # noqa: PLC0415
+
+    add_arguments(profile)
+
     info = commands.add_parser("info", help="versions, usable backends, default backbone, model size")
     info.add_argument("--model", action="store_true",
                       help="also build a default model and print its parameter counts")
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.invocation = "sthfast " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         return _run(parser, args)
     except ValueError as err:  # bad data, config or checkpoint: one clear line, no traceback
@@ -116,6 +124,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.num_nodes < 1:
             parser.error(f"--num-nodes must be >= 1, got {args.num_nodes}")
         print(report(args.num_nodes if args.model else None))
+        return 0
+    if args.command == "profile":
+        from .profiler import run  # noqa: PLC0415
+
+        run(args, args.invocation)
         return 0
     from . import training  # noqa: PLC0415
 

@@ -1,4 +1,4 @@
-"""Named stages of a forward pass, for the profiler (``python/profile_hypergraph.py``) and for
+"""Named stages of a forward pass, for the profiler (:mod:`sthfast.profiler`, ``sthfast profile``) and for
 ``torch.profiler`` traces: each is a ``torch.profiler.record_function`` range ``sthfast.<name>``,
 which costs about a microsecond when no profiler is recording.
 

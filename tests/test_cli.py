@@ -37,3 +37,21 @@ def test_console_script_with_model_counts():
     out = subprocess.run([sys.executable, "-m", "sthfast.cli", "info", "--model", "--num-nodes", "50"],
                          capture_output=True, text=True, check=True).stdout
     assert "default model at N=50" in out and "lora" in out
+
+
+@pytest.mark.slow
+def test_profile_writes_the_table_chart_and_json(tmp_path, capsys):
+    import json
+
+    chart, out = tmp_path / "profile.png", tmp_path / "profile.json"
+    assert main(["profile", "--tiny", "--repeats", "1", "--batch", "2", "--chart", str(chart),
+                 "--json", str(out)]) == 0
+    assert "sum of stages" in capsys.readouterr().out and chart.stat().st_size > 10_000
+    record = json.loads(out.read_text())
+    assert record["meta"]["command"].startswith("sthfast profile --tiny")
+    assert "training batch" in record["results"]
+
+
+def test_profile_rejects_bad_sizes(capsys):
+    assert main(["profile", "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1, got 0" in capsys.readouterr().err

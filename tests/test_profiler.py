@@ -1,15 +1,11 @@
-"""``python/profile_hypergraph.py`` on the embedded dataset: every scenario runs, its stage times add
+"""The latency profiler (``sthfast profile``, :mod:`sthfast.profiler`) on the embedded dataset: every scenario runs, its stage times add
 up to the measured forward pass, reuse skips construction, and the chart is written."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "python"))
-import profile_hypergraph  # noqa: E402
+from sthfast import profiler
 
 CONSTRUCTION = ("graph_construction", "node_features", "neighbour_search", "hyperedge_structure")
 # The stages leave only Python glue between them untimed: at most 2% of the forward for the default
@@ -20,11 +16,11 @@ TOLERANCE = 0.15
 @pytest.mark.slow
 def test_profiler_stages_add_up_on_the_embedded_data(tmp_path, capsys):
     chart, trace = tmp_path / "chart.png", tmp_path / "trace.json"
-    results = profile_hypergraph.main(["--tiny", "--repeats", "3", "--batch", "4", "--chart", str(chart),
+    results = profiler.main(["--tiny", "--repeats", "3", "--batch", "4", "--chart", str(chart),
                                        "--trace", str(trace)])
-    assert set(results) == set(profile_hypergraph.SCENARIOS)
+    assert set(results) == set(profiler.SCENARIOS)
     for name, stages in results.items():
-        summed = sum(stages.get(s, 0.0) for s in profile_hypergraph.STAGES)
+        summed = sum(stages.get(s, 0.0) for s in profiler.STAGES)
         assert abs(summed - stages["forward"]) <= TOLERANCE * stages["forward"], (name, summed, stages)
         assert ("backward" in stages) == ("training" in name)
     assert all(results["streaming, rebuilt"].get(s, 0) > 0 for s in CONSTRUCTION)
@@ -39,7 +35,7 @@ def test_profiler_stages_add_up_on_the_embedded_data(tmp_path, capsys):
 def test_profiler_splits_the_step_by_step_propagation(tmp_path):
     """The sparse backend's MixProp runs its products one by one: the profile shows node ->
     hyperedge (v2e) and hyperedge -> node (e2v) inside it (the fused ``cpp`` kernel has no parts)."""
-    results = profile_hypergraph.main(["--tiny", "--repeats", "1", "--batch", "2", "--backend", "sparse",
+    results = profiler.main(["--tiny", "--repeats", "1", "--batch", "2", "--backend", "sparse",
                                        "--chart", str(tmp_path / "chart.png")])
     batch = results["training batch"]
     assert 0 < batch["v2e"] and 0 < batch["e2v"] and batch["v2e"] + batch["e2v"] <= batch["hypergraph_mixprop"]
