@@ -1,20 +1,12 @@
-"""Benchmark helpers: peak resident memory, of the process and of one call."""
+"""Benchmark helpers: the peak resident memory one call adds."""
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux). It only
-    grows across the cases of one run: use :func:`call_peak_mib` for one call's own peak."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 def _status_mib(field: str) -> float:

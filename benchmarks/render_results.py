@@ -49,66 +49,6 @@ def _ratio(a, b) -> str:
     return f"{a / b:,.1f}x"
 
 
-def hypergraph_section(run: dict) -> list[str]:
-    cases = {(b["extra_info"]["stage"], b["extra_info"]["n"], b["extra_info"]["backend"]): b
-             for b in run["benchmarks"]}
-    lines = ["## Hypergraph stages: `sparse` vs `reference` (CPU)", "",
-             "```", "python -m pytest benchmarks/test_hypergraph_ops.py "
-             "--benchmark-json=benchmarks/hypergraph_ops.json", "```", "", _machine(run), "",
-             "d = 40, k = 3, MixProp depth 2 over F = 32 x 12 (B = 1). Median of the rounds (5; 3 for "
-             "the reference's construction at N = 8,600); peak = the memory one call adds to a "
-             "process (resident high-water mark, measured in a separate process with mmap-backed "
-             "allocations, see benchmarks/conftest.py). The reference builds the merged incidence densely "
-             "(an N x N x k comparison and an O(N^3) merge product) and propagates in the cheaper "
-             "dense order (here: two N x N halves per step).", "",
-             "| stage | N | reference ms | sparse ms | speed-up | reference peak MiB | sparse peak MiB "
-             "| peak ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    stages = sorted({s for s, _, _ in cases}, key=["construction", "propagation",
-                                                   "construction_propagation_backward"].index)
-    for stage in stages:
-        for n in sorted({n for s, n, _ in cases if s == stage}):
-            ref, fast = cases.get((stage, n, "reference")), cases.get((stage, n, "sparse"))
-            t_ref = ref["stats"]["median"] if ref else None
-            t_fast = fast["stats"]["median"] if fast else None
-            m_ref = ref["extra_info"]["call_peak_mib"] if ref else None
-            m_fast = fast["extra_info"]["call_peak_mib"] if fast else None
-            lines.append(f"| {stage.replace('_', ' ')} | {n:,} | "
-                         f"{_ms(t_ref) if ref else 'not run'} | "
-                         f"{_ms(t_fast) if fast else 'n/a'} | {_ratio(t_ref, t_fast)} | "
-                         f"{_mib(m_ref)} | {_mib(m_fast)} | {_ratio(m_ref, m_fast)} |")
-    lines += ["", "The structure propagation runs over (the dense incidence, or the CSR tensors of "
-              "both directions), as built for these cases:", "",
-              "| N | reference MiB | sparse MiB | ratio |", "|---:|---:|---:|---:|"]
-    for n in sorted({n for _, n, _ in cases}):
-        ref, fast = cases.get(("propagation", n, "reference")), cases.get(("propagation", n, "sparse"))
-        s_ref = ref["extra_info"].get("structure_mib") if ref else None
-        s_fast = fast["extra_info"].get("structure_mib") if fast else None
-        lines.append(f"| {n:,} | {_mib(s_ref)} | {_mib(s_fast)} | {_ratio(s_ref, s_fast)} |")
-    return lines
-
-
-def pool_patch_section(run: dict) -> list[str]:
-    cases = {(b["extra_info"]["stage"], b["extra_info"]["n"], b["extra_info"]["backend"]): b
-             for b in run["benchmarks"]}
-    lines = ["## Pool + patch: the C++ extension (`cpp`) vs `reference` (CPU)", "",
-             "```", "python -m pytest benchmarks/test_pool_patch.py "
-             "--benchmark-json=benchmarks/pool_patch.json", "```", "", _machine(run), "",
-             "B = 32, T = 48, F = 1, patch 16, stride 8, RevIN on. Median of 20 rounds; peak as above.",
-             "", "| pass | N | reference ms | cpp ms | speed-up | reference peak MiB | cpp peak MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for stage in ("forward", "forward_backward"):
-        for n in sorted({n for s, n, _ in cases if s == stage}):
-            ref, fast = cases.get((stage, n, "reference")), cases.get((stage, n, "cpp"))
-            if ref is None or fast is None:
-                continue
-            lines.append(f"| {stage.replace('_', ' + ')} | {n:,} | {_ms(ref['stats']['median'])} | "
-                         f"{_ms(fast['stats']['median'])} | "
-                         f"{_ratio(ref['stats']['median'], fast['stats']['median'])} | "
-                         f"{_mib(ref['extra_info']['call_peak_mib'])} | "
-                         f"{_mib(fast['extra_info']['call_peak_mib'])} |")
-    return lines
-
-
 def gpu_section(run: dict | None) -> list[str]:
     lines = ["## GPU: `triton` vs `sparse` (torch CUDA) vs `reference`; the CUDA pool + patch", "",
              "```", "python -m pytest benchmarks/gpu --benchmark-json=benchmarks/gpu/triton_ops.json",
@@ -214,16 +154,18 @@ def throughput_section(run: dict) -> list[str]:
              "a Python loop + dense incidence), `hypergraph_propagation` (forward + backward over "
              "B x C x T = 32 x 32 x 12; the authors': dense attention convolution over their "
              "incidence), `graph_mixprop` (adaptive top-20 graph + MixProp, forward + backward), "
-             "`pool_patch` (forward + backward). Ours is `sparse` (`faiss` beside it for searches, "
-             "`cpp` for pool + patch)."]
-    fast = {"pool_patch": "cpp"}
+             "`pool_patch` (forward + backward). Ours is the fastest of our paths in the table: "
+             "`cpp` (the extension) for pool + patch and the propagations where it was built, else "
+             "`sparse` (`faiss` beside it for searches)."]
+    order = ("authors", "reference", "sparse", "faiss", "cpp")
     for (op, dtype), by in sorted(ops_.items()):
-        backends_ = sorted({bk for _, bk in by}, key=lambda b: ("authors", "reference", "sparse", "faiss", "cpp").index(b))
-        ours = fast.get(op, "sparse")
+        backends_ = sorted({bk for _, bk in by}, key=order.index)
+        ours = "cpp" if "cpp" in backends_ else "sparse"
+        against = [bk for bk in ("reference", "authors", "sparse") if bk != ours and bk in backends_]
         head = " | ".join(backends_)
         lines += ["", f"### {op} ({dtype})", "",
-                  f"| N | {head} | reference / {ours} | authors / {ours} |",
-                  "|---:|" + "---:|" * (len(backends_) + 2)]
+                  f"| N | {head} | " + " | ".join(f"{bk} / {ours}" for bk in against) + " |",
+                  "|---:|" + "---:|" * (len(backends_) + len(against))]
         for n in sorted({n for n, _ in by}):
             cells = []
             for bk in backends_:
@@ -231,8 +173,8 @@ def throughput_section(run: dict) -> list[str]:
                 peak = b and b["extra_info"].get("call_peak_mib")
                 cells.append("skipped" if b is None else f"{_ms(b['stats']['median'])} ({_mib(peak)})")
             med = lambda bk: by[(n, bk)]["stats"]["median"] if (n, bk) in by else None
-            lines.append(f"| {n:,} | {' | '.join(cells)} | {_ratio(med('reference'), med(ours))} | "
-                         f"{_ratio(med('authors'), med(ours))} |")
+            lines.append(f"| {n:,} | {' | '.join(cells)} | "
+                         + " | ".join(_ratio(med(bk), med(ours)) for bk in against) + " |")
     models = {}
     for b in cases:
         e = b["extra_info"]
@@ -275,12 +217,6 @@ def render() -> str:
     lines = ["# Results", "", "Generated by `python benchmarks/render_results.py` from the JSON files "
              "next to it; do not edit by hand. Timings on shared CPUs are noisy: compare ratios "
              "within one run.", ""]
-    hyper = _load("hypergraph_ops.json")
-    if hyper is not None:
-        lines += hypergraph_section(hyper) + [""]
-    pool = _load("pool_patch.json")
-    if pool is not None:
-        lines += pool_patch_section(pool) + [""]
     throughput = _load("throughput.json")
     if throughput is not None:
         lines += throughput_section(throughput) + [""]

@@ -101,7 +101,7 @@ def _skip_reason(op: str, backend: str, n: int, dtype: str) -> str | None:
         return "the C++ extension is not built"
     if backend == "reference" and op in ("hypergraph_propagation", "graph_mixprop") and n > DENSE_LIMIT:
         return (f"dense N x N products over B C T = {BATCH * C * T} columns: about "
-                f"{6 * DEPTH * n * n * BATCH * C * T / 1e12:.0f} TFLOP per call (B = 1: hypergraph_ops.json)")
+                f"{6 * DEPTH * n * n * BATCH * C * T / 1e12:.0f} TFLOP per call")
     if backend == "authors" and op == "hypergraph_propagation" and n > 1000:
         return f"the authors' dense attention needs {BATCH * T * n * n * 4 / 1e9:.0f} GB per tensor"
     if backend == "authors" and dtype == "bfloat16" and n > 207:
@@ -128,12 +128,12 @@ def _measure(benchmark, make, factory: str, *args) -> float | None:
 
 OPS = {"pool_patch": ("reference", "cpp"), "topk": ("reference", "sparse", "faiss"),
        "hypergraph_construction": ("authors", "reference", "sparse", "faiss"),
-       "hypergraph_propagation": ("authors", "reference", "sparse"),
-       "graph_mixprop": ("reference", "sparse")}
+       "hypergraph_propagation": ("authors", "reference", "sparse", "cpp"),
+       "graph_mixprop": ("reference", "sparse", "cpp")}
 
 
 OP_CASES = [(op, b, "float32") for op, bs in OPS.items() for b in bs] + \
-    [("hypergraph_propagation", b, "bfloat16") for b in ("authors", "sparse")]   # as the authors ship it
+    [("hypergraph_propagation", b, "bfloat16") for b in ("authors", "sparse", "cpp")]   # as the authors ship it
 
 
 @pytest.mark.parametrize("n", SIZES)
