@@ -16,6 +16,7 @@ TORCH_LIBRARY_FRAGMENT(sthfast, m) {
         "Tensor from_t, Tensor vals, int[] hop_transpose, int[] hop_value, int blocks, int depth, "
         "float beta, bool need_vals) -> (Tensor, Tensor)");
   m.def("mixprop_isa() -> str");  // which compiled copy of the MixProp kernels runs: avx2 | baseline
+  m.def("mixprop_tile_width(int num_nodes, int channels, int steps, int value_bytes) -> int");
 }
 
 extern "C" PyObject* PyInit__C(void) {

@@ -5,8 +5,9 @@ the fused sparse MixProp (CPU).
 The C++ side defines ``sthfast::pool_patch_forward`` / ``sthfast::pool_patch_backward``,
 ``sthfast::mixprop_forward`` / ``sthfast::mixprop_backward`` and their device kernels; this module
 adds what makes them complete PyTorch ops: fake (meta) kernels for ``torch.compile`` and the
-autograd rules. Nothing here fails when the extension is missing:
-:func:`available` says so, and ``backend="auto"`` then uses the reference.
+autograd rules (with ``create_graph`` the backward differentiates a PyTorch twin instead, so that
+higher derivatives exist). Nothing here fails when the extension is missing: :func:`available`
+says so, and ``backend="auto"`` then uses the reference pool + patch and the ``sparse`` MixProp.
 """
 
 from __future__ import annotations
@@ -46,10 +47,16 @@ def has_cuda_kernels() -> bool:
         "sthfast::pool_patch_forward", "CUDA")
 
 
+def _require() -> None:
+    if not available():                      # (a constant under torch.compile)
+        raise RuntimeError(f"the sthfast C++ extension is unavailable: {load()}")
+
+
 def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, eps: float = 1e-5,
                node_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The extension's fused op, same contract as :func:`sthfast.reference.pool_patch`: one pass
     over ``x [B, T, N, F]`` forward, one backward."""
+    _require()
     weight = None if node_mask is None else node_mask.detach().to(x.dtype)  # no gradient to a mask
     patches, mean, std, _ = torch.ops.sthfast.pool_patch_forward(x, patch_len, stride, normalize,
                                                                  eps, weight)
@@ -72,11 +79,36 @@ def mixprop(x: Tensor, structure, vals: Tensor, hops: Hops, depth: int, beta: fl
 
     ``structure`` is a :class:`sthfast.sparse.SparseRows` ``S`` and ``vals [V, nnz]`` value vectors
     on its pattern (in its forward order); ``P`` applies ``hops`` in turn, each ``S`` (or ``S^T``
-    when its flag is set) with its value vector. Gradients reach ``x`` and ``vals``."""
+    when its flag is set) with its value vector. Gradients reach ``x`` and ``vals``. The op saves
+    its output for the backward: modifying the output in place is then an error, as for any op
+    that saves its output."""
+    _require()
     s = structure
+    index = [t.long().contiguous() for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
     return torch.ops.sthfast.mixprop_forward(
-        s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t, vals, x, [int(t) for t, _ in hops],
-        [v for _, v in hops], -1 if s.blocks is None else s.blocks, depth, float(beta))
+        *index, vals, x, [int(t) for t, _ in hops], [v for _, v in hops],
+        -1 if s.blocks is None else s.blocks, depth, float(beta))
+
+
+def mixprop_tile_width(num_nodes: int, channels: int, steps: int, value_bytes: int = 4) -> int:
+    """Values per row of the fused MixProp's tiles (``csrc/cpu/mixprop.h``), for the memory model."""
+    _require()
+    return torch.ops.sthfast.mixprop_tile_width(num_nodes, channels, steps, value_bytes)
+
+
+def _recomputed_backward(twin, inputs: list[Tensor], grads: list[Tensor | None]) -> list[Tensor | None]:
+    """The backward of a fused op when a graph of it is asked for (``create_graph``, higher
+    derivatives): ``twin()`` recomputes the op's outputs differentiably from ``inputs`` with
+    PyTorch ops, and those are differentiated instead (the compiled backward has no graph)."""
+    with torch.enable_grad():
+        outs = twin()
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+    wanted = [t for t in inputs if t.requires_grad]
+    if not pairs or not wanted:
+        return [None] * len(inputs)
+    found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                     create_graph=True, allow_unused=True))
+    return [next(found) if t.requires_grad else None for t in inputs]
 
 
 def _register_python_parts() -> None:
@@ -98,16 +130,34 @@ def _register_mixprop() -> None:
 
     def setup_context(ctx, inputs, output):
         # the output holds every step h_j, the hops' inputs: the backward reads them from it
-        ctx.save_for_backward(output, *inputs[:6])
+        ctx.save_for_backward(output, *inputs[:7])
         ctx.config = inputs[7:]
 
     def backward(ctx, grad):
-        grad_vals, grad_x = torch.ops.sthfast.mixprop_backward(
-            grad, *ctx.saved_tensors, *ctx.config, ctx.needs_input_grad[5])
-        return (None, None, None, None, None, grad_vals if ctx.needs_input_grad[5] else None,
-                grad_x, None, None, None, None, None)
+        out, *index, vals, x = ctx.saved_tensors
+        need_vals, need_x = ctx.needs_input_grad[5], ctx.needs_input_grad[6]
+        if torch.is_grad_enabled():          # create_graph: differentiate the step-by-step twin
+            grad_vals, grad_x = _recomputed_backward(lambda: [_by_steps(x, index, vals, *ctx.config)],
+                                                     [vals, x], [grad])
+        else:
+            grad_vals, grad_x = torch.ops.sthfast.mixprop_backward(grad, out, *index, vals, *ctx.config,
+                                                                   need_vals)
+        return (None, None, None, None, None, grad_vals if need_vals else None,
+                grad_x if need_x else None, None, None, None, None, None)
 
     torch.library.register_autograd("sthfast::mixprop_forward", backward, setup_context=setup_context)
+
+
+def _by_steps(x: Tensor, index: list[Tensor], vals: Tensor, hop_transpose: list[int],
+              hop_value: list[int], blocks: int, depth: int, beta: float) -> Tensor:
+    """The fused MixProp's twin in PyTorch ops (the ``sparse`` backend's step-by-step products)."""
+    from .sparse import SparseRows, propagate, spmm  # noqa: PLC0415 (sparse imports nothing of ours)
+
+    row_ptr, col, col_ptr, t_col, from_t = index
+    row = torch.repeat_interleave(torch.arange(row_ptr.shape[0] - 1, device=col.device), row_ptr.diff())
+    s = SparseRows(row_ptr, col, row, col_ptr, t_col, from_t, vals[0], None if blocks == -1 else blocks)
+    hops = tuple((bool(t), v) for t, v in zip(hop_transpose, hop_value))
+    return propagate.by_steps(spmm, x, s, list(vals.unbind(0)), hops, depth, beta)
 
 
 def _register_pool_patch() -> None:
@@ -128,11 +178,18 @@ def _register_pool_patch() -> None:
         ctx.mark_non_differentiable(series)
         if not normalize:                                    # mean 0 and std 1 are constants then
             ctx.mark_non_differentiable(mean, std)
-        ctx.save_for_backward(series, std, weight)
+        ctx.save_for_backward(series, std, weight, x)
         ctx.num_nodes, ctx.patch_len, ctx.stride, ctx.normalize = x.shape[2], patch_len, stride, normalize
+        ctx.eps = inputs[4]
 
     def backward(ctx, grad_patches, grad_mean, grad_std, _):
-        series, std, weight = ctx.saved_tensors
+        series, std, weight, x = ctx.saved_tensors
+        if torch.is_grad_enabled():          # create_graph: differentiate the reference twin
+            from .reference import pool_patch as reference_pool_patch  # noqa: PLC0415
+
+            twin = lambda: reference_pool_patch(x, ctx.patch_len, ctx.stride, ctx.normalize, ctx.eps, weight)
+            return (*_recomputed_backward(twin, [x], [grad_patches, grad_mean, grad_std]),
+                    None, None, None, None, None)
         b, f, t = series.shape
         zeros = series.new_zeros(b, f)
         if grad_patches is None:

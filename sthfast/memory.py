@@ -14,8 +14,11 @@ For node features ``z [N, d]``, ``k`` members per hyperedge, and MixProp of dept
     output; with the backward pass of the benchmark's loss (``y.square().mean()``) add
     ``(3 D + 5) u``: the loss's square and the output's gradient (``(D + 1) u`` each, and as much
     again for a temporary while the square's backward runs) and the gradients of ``x``; plus the
-    kernel's per-thread scratch, ``threads`` tiles of ``N x width`` values (6 of them backward,
-    ``D + 2`` forward; :func:`fused_tile_width`). A fixed :data:`FUSED_WORKSPACE_BYTES` besides.
+    kernel's scratch, per worker thread (at most one per work item): ``D + 2`` tiles of
+    ``N x width`` values forward, 6 backward (``width`` from the kernel's tiling rule,
+    :func:`sthfast.extension.mixprop_tile_width`), and the backward's value-gradient accumulators
+    (``2 k N`` values per thread). Nothing else: no library workspace is left on this path
+    (measured / model 0.93 to 1.0 from N = 5,000 to 100,000 on a 2-core x86-64).
   - ``sparse`` (torch's CSR products, step by step): forward ``(2 D + 3) u``: the input, its
     node-major copy, the ``D`` propagated steps, one hyperedge-side temporary, and the
     ``(D + 1)``-block output; with the backward pass add ``(2 D + 5) u``: the gradients of the same
@@ -34,30 +37,24 @@ from __future__ import annotations
 from .sparse.neighbors import MARGIN   # candidates searched beyond k
 
 WORKSPACE_BYTES = 300 << 20
-FUSED_WORKSPACE_BYTES = 40 << 20
-# the fused kernel's tiles (csrc/cpu/mixprop_kernels.h: kStepTileBytes, kMinWidth, kMaxWidth)
-_STEP_TILE_BYTES, _MIN_WIDTH, _MAX_WIDTH = 512 << 10, 48, 384
-
-
-def fused_tile_width(n: int, c: int, t: int) -> int:
-    """Values per row of the fused MixProp's tiles at ``n`` nodes, ``c`` channels of ``t`` steps."""
-    width = min(max(_STEP_TILE_BYTES // 4 // max(n, 1), _MIN_WIDTH), _MAX_WIDTH)
-    wanted = min(max(-(-width // max(t, 1)), 1), max(c, 1))
-    tiles = -(-c // wanted)
-    return -(-c // tiles) * t
 
 
 def hypergraph_stage_bytes(n: int, k: int = 3, d: int = 40, b: int = 1, c: int = 32, t: int = 12,
                            depth: int = 2, backward: bool = False, fused: bool = True,
                            threads: int = 2) -> int:
     """Predicted peak bytes above the inputs of construction + hypergraph MixProp, on the fused
-    path (``fused``, with ``threads`` worker threads) or the sparse one."""
+    path (``fused``, with ``threads`` worker threads; needs the extension) or the sparse one."""
     cand = k + MARGIN
     structure = n * (4 * cand * d + 12 * cand + 48 * k + 4 * k * d + 16)
     unit = 4 * b * c * n * t
     if not fused:
         activations = unit * (2 * depth + 3) + (unit * (2 * depth + 5) if backward else 0)
         return WORKSPACE_BYTES + structure + activations
-    scratch = threads * 4 * n * fused_tile_width(n, c, t) * (6 if backward else depth + 2)
+    from .extension import mixprop_tile_width  # noqa: PLC0415 (the kernel's own tiling rule)
+
+    width = mixprop_tile_width(n, c, t)
+    workers = min(threads, b * -(-c * t // width))                 # at most one per work item
+    tiles = max(6, depth + 2) if backward else depth + 2
+    scratch = workers * (4 * n * width * tiles + (4 * 2 * k * n if backward else 0))
     activations = unit * (depth + 1) + (unit * (3 * depth + 5) if backward else 0)
-    return FUSED_WORKSPACE_BYTES + structure + activations + scratch
+    return structure + activations + scratch

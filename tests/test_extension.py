@@ -77,6 +77,17 @@ def test_gradcheck_and_opcheck():
     torch.library.opcheck(torch.ops.sthfast.pool_patch_forward.default, (x, 3, 2, False, 1e-5, None))
 
 
+def test_second_derivatives_equal_the_reference():
+    """create_graph: the backward is the reference twin's, so higher derivatives exist."""
+    x = torch.randn(2, 12, 5, 1, dtype=torch.float64, requires_grad=True)
+    hessians = []
+    for backend in ("cpp", "reference"):
+        patches, mean, std = ops.pool_patch(x, 4, 2, backend=backend)
+        (g,) = torch.autograd.grad(patches.pow(2).sum() + (mean * std).sum(), x, create_graph=True)
+        hessians.append(torch.autograd.grad(g.pow(2).sum(), x)[0])
+    torch.testing.assert_close(*hessians)
+
+
 def test_compiles_into_one_graph_forward_and_backward():
     def loss(v):
         patches, mean, std = extension.pool_patch(v, 4, 2)

@@ -2,7 +2,8 @@
 comparisons with the reference that ``test_fast_ops.py`` runs for every fast backend: its tiling
 (ragged channel tiles, one step, steps wider than a tile), depth 0 and deep MixProps, block-diagonal
 structures, both compiled copies (AVX2 and the baseline), thread counts, its registration as an op
-(opcheck, gradcheck, torch.compile) and clear errors for structures that do not fit."""
+(opcheck of forward and backward, gradcheck, torch.compile, second derivatives) and clear errors
+for structures that do not fit."""
 
 import os
 import subprocess
@@ -35,7 +36,7 @@ def outputs_and_grads(backend, z, x, k=3, depth=2, beta=0.05):
 
 
 @pytest.mark.parametrize("b,c,n,t", [
-    (1, 23, 2000, 12),  # float64 at 2,000 nodes: 65-wide tiles, 6 + 6 + 6 + 5 channels
+    (1, 23, 2000, 12),  # float64 at 2,000 nodes: 48-wide tiles, 4 + 4 + 4 + 4 + 4 + 3 channels
     (3, 5, 9, 1),       # one step, few nodes: all channels in one tile
     (1, 3, 600, 500),   # steps wider than a tile: one channel per tile
     (1, 1, 1, 4),       # one node
@@ -54,6 +55,7 @@ def test_block_diagonal_structure_equals_the_sparse_backend():
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to compare with one")
 def test_thread_count_changes_only_the_summation_order():
     z, x = hypergraph_case(4, 6, 30, 5, dtype=torch.float32)
     threads = torch.get_num_threads()
@@ -101,9 +103,41 @@ def test_gradcheck_and_opcheck(hops):
                       requires_grad=True)
     x = torch.randn(2, 3, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v, xx: extension.mixprop(xx, s, v, hops, 2, 0.1), (vals, x))
-    torch.library.opcheck(torch.ops.sthfast.mixprop_forward.default,
-                          (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t, vals, x,
-                           [int(t) for t, _ in hops], [v for _, v in hops], -1, 2, 0.1))
+    index = (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)
+    config = ([int(t) for t, _ in hops], [v for _, v in hops], -1, 2, 0.1)
+    torch.library.opcheck(torch.ops.sthfast.mixprop_forward.default, (*index, vals, x, *config))
+    out = extension.mixprop(x, s, vals, hops, 2, 0.1).detach()
+    for need_vals in (True, False):
+        torch.library.opcheck(torch.ops.sthfast.mixprop_backward.default,
+                              (torch.randn_like(out), out, *index, vals.detach(), *config, need_vals))
+
+
+def test_second_derivatives_through_x_equal_the_reference():
+    """create_graph: the backward is the step-by-step twin's, so higher derivatives in x exist
+    (the compiled backward alone would give none). Through the membership weights the sparse
+    products have no second derivative: an error on both paths, not zeros."""
+    z, x = hypergraph_case(2, 3, 20, 4)
+    hessians = {}
+    for backend in ("cpp", "reference"):
+        h = ops.knn_hypergraph(z.detach(), 3, backend="sparse" if backend == "cpp" else backend)
+        y = ops.hypergraph_mixprop(x, h, 2, 0.05, backend=backend)
+        (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+        hessians[backend] = torch.autograd.grad(gx.pow(2).sum(), x)[0]
+    torch.testing.assert_close(hessians["cpp"], hessians["reference"])
+    for backend in ("cpp", "sparse"):
+        y = ops.hypergraph_mixprop(x, ops.knn_hypergraph(z, 3, backend="sparse"), 2, 0.05, backend=backend)
+        (gz,) = torch.autograd.grad(y.pow(2).sum(), z, create_graph=True)
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            torch.autograd.grad(gz.pow(2).sum(), z)
+
+
+def test_int32_indices_are_accepted():
+    s, g = small_structure()
+    narrow = s._replace(**{f: getattr(s, f).int() for f in ("row_ptr", "col", "col_ptr", "t_col", "from_t")})
+    vals = torch.rand(2, s.col.shape[0], generator=g, dtype=torch.float64)
+    x = torch.randn(1, 2, 6, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(extension.mixprop(x, narrow, vals, HYPERGRAPH_HOPS, 2, 0.1),
+                               extension.mixprop(x, s, vals, HYPERGRAPH_HOPS, 2, 0.1))
 
 
 def test_model_spatial_ops_compile_as_one_graph():
@@ -138,6 +172,8 @@ def test_structures_that_do_not_fit_are_clear_errors():
         extension.mixprop(torch.randn(1, 1, 4, 2), wide, torch.ones(1, 4), ((False, 0),), 1, 0.1)
     with pytest.raises(RuntimeError, match="one block per sample"):
         extension.mixprop(x, s._replace(blocks=3), vals, HYPERGRAPH_HOPS, 2, 0.1)
+    with pytest.raises(RuntimeError, match="row pointers do not end at the 18 entries"):
+        extension.mixprop(x, s._replace(row_ptr=s.row_ptr.clone().fill_(0)), vals, HYPERGRAPH_HOPS, 2, 0.1)
 
 
 def test_auto_runs_the_fused_propagations_on_cpu():

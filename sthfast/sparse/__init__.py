@@ -9,6 +9,7 @@ torch's own: the tiled search of :mod:`.neighbors`, CSR ``torch.sparse.mm`` and
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable
 
@@ -56,8 +57,11 @@ spmm = define_spmm("sparse", _rows, _sampled)
 def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
                 mixprop: Callable[..., Tensor] | None = None) -> dict[str, Callable]:
     """The structure / propagation ops of :mod:`sthfast.ops` built on ``spmm`` and ``topk``
-    (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``); with a fused
-    ``mixprop`` kernel (:func:`sthfast.extension.mixprop`) the propagations run through it."""
+    (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``); the propagations run
+    step by step through ``spmm``, or with a fused ``mixprop`` kernel
+    (:func:`sthfast.extension.mixprop`) through it (see :mod:`.propagate`)."""
+    propagator = (propagate.fused(mixprop) if mixprop is not None
+                  else functools.partial(propagate.by_steps, spmm))
 
     def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float,
                        neighbors: Tensor | None) -> SparseRows:
@@ -79,15 +83,11 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
                                   torch.cat([values.new_ones(n, 1), values], 1), n)
 
     def hypergraph_mixprop(x: Tensor, incidence_t: SparseRows, depth: int, beta: float) -> Tensor:
-        if mixprop is not None:
-            return propagate.fused_hypergraph_mixprop(mixprop, x, incidence_t, depth, beta)
-        return propagate.hypergraph_mixprop(spmm, x, incidence_t, depth, beta)
+        return propagate.hypergraph_mixprop(propagator, x, incidence_t, depth, beta)
 
     def graph_mixprop(x: Tensor, adjacency: SparseRows, depth: int, beta: float,
                       transpose: bool) -> Tensor:
-        if mixprop is not None:
-            return propagate.fused_graph_mixprop(mixprop, x, adjacency, depth, beta, transpose)
-        return propagate.graph_mixprop(spmm, x, adjacency, depth, beta, transpose)
+        return propagate.graph_mixprop(propagator, x, adjacency, depth, beta, transpose)
 
     return dict(topk_neighbors=topk, knn_hypergraph=knn_hypergraph, adaptive_graph=adaptive_graph,
                 static_graph=structure.with_self_loops, hypergraph_mixprop=hypergraph_mixprop,

@@ -1,23 +1,30 @@
 """Hypergraph and graph MixProp over :class:`SparseRows`, in O(nnz F) time and memory.
 
-The model's activations are ``[B, C, N, T]``; propagation runs on a node-major view ``[rows, F]``
-(``rows = N`` and ``F = B C T`` for a shared structure; ``rows = B N`` and ``F = C T`` for a
-block-diagonal one), transposed once per MixProp call, not per step. The normalisations are folded into
-the stored values with plain torch ops around :mod:`.custom_ops` (O(nnz)), so their gradients (including
-the membership weights' through the degrees) come from autograd, and a MixProp step costs one or two
-sparse products plus one add over ``[rows, F]``: that memory traffic, not arithmetic, is its cost.
+Both are ``h_0 = x, h_{j+1} = beta x + P h_j`` over ``x [B, C, N, T]``, with ``P`` a chain of
+*hops* over one sparse matrix ``S``: ``(transpose, v)`` applies ``S`` (or ``S^T``) with the value
+vector ``values[v]`` on its pattern. The hypergraph (``S = H^T``, rows: hyperedges) is the chain
+gather (node -> hyperedge mean) then spread (hyperedge -> node mean); the graph (``S = A + I``) is
+one hop, ``A`` or ``A^T``. The normalisations and ``1 - beta`` are folded into the values with plain
+torch ops (O(nnz)), so their gradients (the membership weights' through the degrees included) come
+from autograd. Two propagators run a chain:
 
-On the CPU those passes and the layout copies are most of the time (torch's CSR kernels also zero
-their outputs first), so the ``cpp`` backend runs the same MixProp through one fused kernel
-(:func:`fused_hypergraph_mixprop`, :func:`fused_graph_mixprop` over
-:func:`sthfast.extension.mixprop`): every step of one ``[N, T]`` slice in cache, ``x`` read once,
-the output written once in the model's layout. Both take the same folded values, so the two paths
-differ only in summation order.
+* :func:`by_steps` (backends ``sparse``, ``triton``): one sparse product per hop through a
+  backend's ``spmm``, on a node-major view ``[rows, F]`` (``rows = N`` and ``F = B C T`` for a
+  shared structure; ``rows = B N`` and ``F = C T`` for a block-diagonal one), transposed once per
+  MixProp call. Each step costs its products plus one add over ``[rows, F]``: memory traffic, not
+  arithmetic.
+* :func:`fused` (backend ``cpp``, over :func:`sthfast.extension.mixprop`): every step in one
+  kernel call, tile by tile in cache, ``x`` read once and the output written once in the model's
+  layout; on the CPU the step-by-step path's layout copies and passes (torch's CSR kernels also
+  zero their outputs first) are most of its time.
+
+Both take the same folded values, so their results differ only by rounding.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -27,8 +34,16 @@ from ..profiling import stage
 from .structure import SparseRows
 
 Spmm = Callable[..., Tensor]
-# (x, structure, values [V, nnz], hops, depth, beta) -> [B, C (depth + 1), N, T]
-FusedMixprop = Callable[..., Tensor]
+Hops = tuple[tuple[bool, int], ...]
+# (x, structure, values, hops, depth, beta, stages) -> [B, C (depth + 1), N, T]
+Propagator = Callable[..., Tensor]
+
+HYPERGRAPH_HOPS: Hops = ((False, 0), (True, 1))   # H^T (gather), then H (spread)
+HYPERGRAPH_STAGES = ("v2e", "e2v")                 # the profiler's names of those two products
+
+
+def graph_hops(transpose: bool) -> Hops:
+    return ((transpose, 0),)
 
 
 def node_major(x: Tensor, blocks: int | None) -> Tensor:
@@ -48,18 +63,33 @@ def channel_major(y: Tensor, like: Tensor, blocks: int | None) -> Tensor:
     return y.view(d, b, n, c, t).permute(1, 0, 3, 2, 4).reshape(b, d * c, n, t)
 
 
-def _mixprop(x: Tensor, step: Callable[[Tensor, Tensor], Tensor], depth: int,
-             blocks: int | None) -> Tensor:
-    """``h_0 = x, h_{j+1} = step(h_j, x)`` on the node-major view, all steps stacked and turned back:
-    ``[B, C, N, T] -> [B, C (depth + 1), N, T]``."""
-    x0 = node_major(x, blocks)
+def by_steps(spmm: Spmm, x: Tensor, s: SparseRows, values: Sequence[Tensor], hops: Hops, depth: int,
+             beta: float, stages: Sequence[str] = ()) -> Tensor:
+    """The chain of ``hops`` one sparse product at a time (``stages``: a profiler range per hop):
+    ``x [B, C, N, T] -> [B, C (depth + 1), N, T]``."""
+    structures = [s._replace(val=v) for v in values]
+    x0 = node_major(x, s.blocks)
     out = [x0]
     for _ in range(depth):
-        out.append(step(out[-1], x0))
-    return channel_major(torch.stack(out), x, blocks)
+        h = out[-1]
+        for i, (transpose, v) in enumerate(hops):
+            with stage(stages[i]) if stages else nullcontext():
+                h = spmm(structures[v], h, transpose=transpose)
+        out.append(torch.add(h, x0, alpha=beta))
+    return channel_major(torch.stack(out), x, s.blocks)
 
 
-def _hypergraph_values(s: SparseRows, beta: float) -> tuple[Tensor, Tensor]:
+def fused(mixprop: Callable[..., Tensor]) -> Propagator:
+    """A propagator running the whole chain in one ``mixprop(x, s, values [V, nnz], hops, depth,
+    beta)`` call (:func:`sthfast.extension.mixprop`); it has no per-hop stages."""
+    def run(x: Tensor, s: SparseRows, values: Sequence[Tensor], hops: Hops, depth: int, beta: float,
+            stages: Sequence[str] = ()) -> Tensor:
+        return mixprop(x, s, torch.stack(list(values)), hops, depth, beta)
+
+    return run
+
+
+def hypergraph_values(s: SparseRows, beta: float) -> tuple[Tensor, Tensor]:
     """The values of ``H^T`` with the normalisations folded in (O(nnz), differentiable): ``gather``
     (``D_e^-1 H^T``: the hyperedge mean of its members) and ``spread`` (``(1 - beta) D_v^-1``: the
     node mean of its hyperedges, applied through ``S^T``)."""
@@ -68,55 +98,25 @@ def _hypergraph_values(s: SparseRows, beta: float) -> tuple[Tensor, Tensor]:
     return s.val * inv_e[s.row], s.val * inv_v[s.col] * (1.0 - beta)
 
 
-def _graph_values(a: SparseRows, beta: float, transpose: bool) -> Tensor:
+def graph_values(a: SparseRows, beta: float, transpose: bool) -> Tensor:
     """The values of ``(1 - beta) D^-1 (A + I)`` (of ``A^T + I`` when ``transpose``), ``adjacency``
     holding ``A + I``."""
     degree = a.col_sums() if transpose else a.row_sums()            # >= 1: the self loop
     return a.val * ((1.0 - beta) / degree)[a.col if transpose else a.row]
 
 
-def hypergraph_mixprop(spmm: Spmm, x: Tensor, incidence_t: SparseRows, depth: int,
+def hypergraph_mixprop(propagate: Propagator, x: Tensor, incidence_t: SparseRows, depth: int,
                        beta: float) -> Tensor:
     """MixProp ``h_{j+1} = beta x + (1 - beta) P h_j`` with ``P = D_v^-1 H D_e^-1 H^T``,
-    ``incidence_t = H^T`` (rows: hyperedges): ``x [B, C, N, T] -> [B, C (depth + 1), N, T]``.
-
-    The degree normalisations and ``1 - beta`` are folded into two copies of the values (O(nnz)),
-    so a step is two sparse products and one add over ``[rows, F]``."""
-    gather_val, spread_val = _hypergraph_values(incidence_t, beta)
-    gather, spread = incidence_t._replace(val=gather_val), incidence_t._replace(val=spread_val)
-
-    def step(h: Tensor, x0: Tensor) -> Tensor:
-        with stage("v2e"):
-            edges = spmm(gather, h)
-        with stage("e2v"):
-            return torch.add(spmm(spread, edges, transpose=True), x0, alpha=beta)
-
-    return _mixprop(x, step, depth, incidence_t.blocks)
+    ``incidence_t = H^T`` (rows: hyperedges): ``x [B, C, N, T] -> [B, C (depth + 1), N, T]``."""
+    return propagate(x, incidence_t, hypergraph_values(incidence_t, beta), HYPERGRAPH_HOPS, depth, beta,
+                     HYPERGRAPH_STAGES)
 
 
-def graph_mixprop(spmm: Spmm, x: Tensor, adjacency: SparseRows, depth: int, beta: float,
+def graph_mixprop(propagate: Propagator, x: Tensor, adjacency: SparseRows, depth: int, beta: float,
                   transpose: bool = False) -> Tensor:
     """MixProp with ``P = D^-1 (A + I)`` (``A^T + I`` when ``transpose``); ``adjacency`` holds
     ``A + I`` (self loops stored, as the sparse graph builders make it):
     ``x [B, C, N, T] -> [B, C (depth + 1), N, T]``."""
-    scaled = adjacency._replace(val=_graph_values(adjacency, beta, transpose))
-
-    def step(h: Tensor, x0: Tensor) -> Tensor:
-        return torch.add(spmm(scaled, h, transpose=transpose), x0, alpha=beta)
-
-    return _mixprop(x, step, depth, adjacency.blocks)
-
-
-def fused_hypergraph_mixprop(mixprop: FusedMixprop, x: Tensor, incidence_t: SparseRows, depth: int,
-                             beta: float) -> Tensor:
-    """:func:`hypergraph_mixprop` as one fused kernel call (``mixprop``, e.g.
-    :func:`sthfast.extension.mixprop`): the step is the hop ``H^T`` (gather) then ``H`` (spread)."""
-    values = torch.stack(_hypergraph_values(incidence_t, beta))
-    return mixprop(x, incidence_t, values, ((False, 0), (True, 1)), depth, beta)
-
-
-def fused_graph_mixprop(mixprop: FusedMixprop, x: Tensor, adjacency: SparseRows, depth: int,
-                        beta: float, transpose: bool = False) -> Tensor:
-    """:func:`graph_mixprop` as one fused kernel call: the step is one hop, ``A`` or ``A^T``."""
-    values = _graph_values(adjacency, beta, transpose).unsqueeze(0)
-    return mixprop(x, adjacency, values, ((transpose, 0),), depth, beta)
+    return propagate(x, adjacency, (graph_values(adjacency, beta, transpose),), graph_hops(transpose),
+                     depth, beta)
