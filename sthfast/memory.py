@@ -18,7 +18,8 @@ For node features ``z [N, d]``, ``k`` members per hyperedge, and MixProp of dept
     ``N x width`` values forward, 6 backward (``width`` from the kernel's tiling rule,
     :func:`sthfast.extension.mixprop_tile_width`), and the backward's value-gradient accumulators
     (``2 k N`` values per thread). Nothing else: no library workspace is left on this path
-    (measured / model 0.93 to 1.0 from N = 5,000 to 100,000 on a 2-core x86-64).
+    (measured / model 0.9 to 1.2 from N = 20,000 to 100,000 in benchmarks/RESULTS.md, where the
+    repeated calls' allocator slack is in the measurement).
   - ``sparse`` (torch's CSR products, step by step): forward ``(2 D + 3) u``: the input, its
     node-major copy, the ``D`` propagated steps, one hyperedge-side temporary, and the
     ``(D + 1)``-block output; with the backward pass add ``(2 D + 5) u``: the gradients of the same

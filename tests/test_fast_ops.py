@@ -10,7 +10,7 @@ import torch
 from sthfast import ops, reference, sparse
 from sthfast.sparse import neighbors, structure
 
-from fast_backends import FAST_BACKENDS, MODEL_BACKENDS, SPMM_BACKENDS
+from fast_backends import CPP, FAST_BACKENDS, MODEL_BACKENDS, SPMM_BACKENDS
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -275,18 +275,24 @@ def test_custom_ops_pass_opcheck(backend):
     torch.library.opcheck(topk.op, (z, z, 3, "l2", True, False))
 
 
-def test_construction_and_propagation_compile_as_one_graph():
-    """The sparse path's ops are custom ops or fixed-size torch ops: no graph break."""
+@pytest.mark.parametrize("backend", ["sparse"] + CPP)
+def test_construction_and_propagation_compile_as_one_graph(backend):
+    """The fast paths' ops are custom ops or fixed-size torch ops: no graph break, forward or
+    backward."""
     def spatial(z, m1, m2, x):
-        h = ops.knn_hypergraph(z, 3, backend="sparse")
-        a = ops.adaptive_graph(m1, m2, 2, 3.0, backend="sparse")
-        return (ops.hypergraph_mixprop(x, h, 2, 0.05, backend="sparse")
-                + ops.graph_mixprop(x, a, 2, 0.05, transpose=True, backend="sparse"))
+        h = ops.knn_hypergraph(z, 3, backend=backend)
+        a = ops.adaptive_graph(m1, m2, 2, 3.0, backend=backend)
+        return (ops.hypergraph_mixprop(x, h, 2, 0.05, backend=backend)
+                + ops.graph_mixprop(x, a, 2, 0.05, transpose=True, backend=backend))
 
     g = torch.Generator().manual_seed(0)
-    args = [torch.randn(9, 4, generator=g) for _ in range(3)] + [torch.randn(2, 3, 9, 5, generator=g)]
+    args = [torch.randn(9, 4, generator=g, requires_grad=True) for _ in range(3)]
+    args.append(torch.randn(2, 3, 9, 5, generator=g, requires_grad=True))
     compiled = torch.compile(spatial, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(*args), spatial(*args))
+    got, want = compiled(*args), spatial(*args)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), args), torch.autograd.grad(want.sum(), args)):
+        torch.testing.assert_close(a, b)
 
 
 # --------------------------------------------------------------------------- the whole model

@@ -2,7 +2,7 @@
 comparisons with the reference that ``test_fast_ops.py`` runs for every fast backend: its tiling
 (ragged channel tiles, one step, steps wider than a tile), depth 0 and deep MixProps, block-diagonal
 structures, both compiled copies (AVX2 and the baseline), thread counts, its registration as an op
-(opcheck of forward and backward, gradcheck, torch.compile, second derivatives) and clear errors
+(opcheck of forward and backward, gradcheck, second derivatives; torch.compile: test_fast_ops.py) and clear errors
 for structures that do not fit."""
 
 import os
@@ -138,23 +138,6 @@ def test_int32_indices_are_accepted():
     x = torch.randn(1, 2, 6, 3, generator=g, dtype=torch.float64)
     torch.testing.assert_close(extension.mixprop(x, narrow, vals, HYPERGRAPH_HOPS, 2, 0.1),
                                extension.mixprop(x, s, vals, HYPERGRAPH_HOPS, 2, 0.1))
-
-
-def test_model_spatial_ops_compile_as_one_graph():
-    def spatial(z, m1, m2, x):
-        h = ops.knn_hypergraph(z, 3, backend="cpp")
-        a = ops.adaptive_graph(m1, m2, 2, 3.0, backend="cpp")
-        return (ops.hypergraph_mixprop(x, h, 2, 0.05, backend="cpp")
-                + ops.graph_mixprop(x, a, 2, 0.05, transpose=True, backend="cpp"))
-
-    g = torch.Generator().manual_seed(0)
-    args = [torch.randn(9, 4, generator=g, requires_grad=True) for _ in range(3)]
-    args.append(torch.randn(2, 3, 9, 5, generator=g, requires_grad=True))
-    compiled = torch.compile(spatial, backend="aot_eager", fullgraph=True)
-    got, want = compiled(*args), spatial(*args)
-    torch.testing.assert_close(got, want)
-    for a, b in zip(torch.autograd.grad(got.sum(), args), torch.autograd.grad(want.sum(), args)):
-        torch.testing.assert_close(a, b)
 
 
 def test_structures_that_do_not_fit_are_clear_errors():
