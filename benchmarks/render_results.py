@@ -149,14 +149,14 @@ def throughput_section(run: dict) -> list[str]:
              "", "```", "python -m pytest benchmarks/test_throughput.py "
              "--benchmark-json=benchmarks/throughput.json", "```", "", _machine(run), "",
              "Median ms (rounds: 5, or 1 for calls over 5 s) and, in brackets, the call's own peak MiB. "
-             "Ratios are reference / ours and authors / ours, from this run. Ops: `topk` (d = 40, "
+             "Ratios are each other path / ours, from this run. Ops: `topk` (d = 40, "
              "k = 3), `hypergraph_construction` (search + merged structure; the authors': sklearn + "
              "a Python loop + dense incidence), `hypergraph_propagation` (forward + backward over "
              "B x C x T = 32 x 32 x 12; the authors': dense attention convolution over their "
              "incidence), `graph_mixprop` (adaptive top-20 graph + MixProp, forward + backward), "
-             "`pool_patch` (forward + backward). Ours is the fastest of our paths in the table: "
-             "`cpp` (the extension) for pool + patch and the propagations where it was built, else "
-             "`sparse` (`faiss` beside it for searches)."]
+             "`pool_patch` (forward + backward). Ours: `cpp` (the extension) for pool + patch and the "
+             "propagations where it was built, else `sparse`; `faiss`, which `auto` takes for "
+             "searches from 4,096 points, beside it."]
     order = ("authors", "reference", "sparse", "faiss", "cpp")
     for (op, dtype), by in sorted(ops_.items()):
         backends_ = sorted({bk for _, bk in by}, key=order.index)
@@ -202,7 +202,9 @@ def profile_section(runs: list[dict]) -> list[str]:
         lines += [f"### N = {meta['nodes']:,} (training batch {meta['batch']})", "", "```",
                   meta["command"], "```", "",
                   f"{meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, backend "
-                  f"{meta['backend']}, {meta['date']}; median of {meta['repeats']} calls after a "
+                  f"{meta['backend']}"
+                  + (f" (MixProp: `{meta['propagation']}`)" if meta.get("propagation") else "")
+                  + f", {meta['date']}; median of {meta['repeats']} calls after a "
                   f"warm-up; ms (share of the forward). Chart: `{meta['chart']}`.", "",
                   "| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for label, nested, cells in table_rows(res):

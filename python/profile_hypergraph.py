@@ -11,4 +11,7 @@ from sthfast.profiler import SCENARIOS, STAGES, main
 __all__ = ["SCENARIOS", "STAGES", "main"]
 
 if __name__ == "__main__":
-    main(sys.argv[1:], command="python python/profile_hypergraph.py")
+    try:
+        main(sys.argv[1:], command="python python/profile_hypergraph.py")
+    except ValueError as err:                        # bad flags: one line, as `sthfast profile` does
+        sys.exit(f"profile_hypergraph.py: error: {err}")

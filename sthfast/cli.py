@@ -92,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also forecast from every window of the series (window_forecasts [W, H, N])")
     predict.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
 
+    from . import profiler  # noqa: PLC0415
+
     profile = commands.add_parser("profile", help="per-stage latency of the forward pass (streaming, "
                                   "training batch, static graph): table and PNG chart",
+                                  description=profiler.__doc__.split("\n\n")[0],
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from .profiler import add_arguments  # noqa: PLC0415
-
-    add_arguments(profile)
+    profiler.add_arguments(profile)
 
     info = commands.add_parser("info", help="versions, usable backends, default backbone, model size")
     info.add_argument("--model", action="store_true",

@@ -69,11 +69,8 @@ def mixprop_isa() -> str | None:
     return torch.ops.sthfast.mixprop_isa() if available() else None
 
 
-# A MixProp step as hops over one sparse structure: (transpose, index of its value vector).
-Hops = tuple[tuple[bool, int], ...]
-
-
-def mixprop(x: Tensor, structure, vals: Tensor, hops: Hops, depth: int, beta: float) -> Tensor:
+def mixprop(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ...], depth: int,
+            beta: float) -> Tensor:
     """Fused MixProp ``h_0 = x, h_{j+1} = beta x + P h_j`` over ``x [B, C, N, T]`` ->
     ``[B, C (depth + 1), N, T]``, all steps in one pass (``csrc/cpu/mixprop_cpu.cpp``).
 

@@ -13,7 +13,8 @@ For node features ``z [N, d]``, ``k`` members per hyperedge, and MixProp of dept
   - ``fused`` (the extension's MixProp, what ``auto`` runs on the CPU): forward ``(D + 1) u``, the
     output; with the backward pass of the benchmark's loss (``y.square().mean()``) add
     ``(3 D + 5) u``: the loss's square and the output's gradient (``(D + 1) u`` each, and as much
-    again for a temporary while the square's backward runs) and the gradients of ``x``; plus the
+    again for a temporary while the square's backward runs), the gradient of ``x`` (``u``) and one
+    ``u`` of allocator slack (fitted); plus the
     kernel's scratch, per worker thread (at most one per work item): ``D + 2`` tiles of
     ``N x width`` values forward, 6 backward (``width`` from the kernel's tiling rule,
     :func:`sthfast.extension.mixprop_tile_width`), and the backward's value-gradient accumulators
@@ -41,10 +42,15 @@ WORKSPACE_BYTES = 300 << 20
 
 
 def hypergraph_stage_bytes(n: int, k: int = 3, d: int = 40, b: int = 1, c: int = 32, t: int = 12,
-                           depth: int = 2, backward: bool = False, fused: bool = True,
+                           depth: int = 2, backward: bool = False, fused: bool | None = None,
                            threads: int = 2) -> int:
     """Predicted peak bytes above the inputs of construction + hypergraph MixProp, on the fused
-    path (``fused``, with ``threads`` worker threads; needs the extension) or the sparse one."""
+    path (``fused``, with ``threads`` worker threads) or the sparse one; by default the path that
+    ``auto`` runs on the CPU here."""
+    if fused is None:
+        from .ops import resolve  # noqa: PLC0415
+
+        fused = resolve("hypergraph_mixprop", "auto", "cpu") == "cpp"
     cand = k + MARGIN
     structure = n * (4 * cand * d + 12 * cand + 48 * k + 4 * k * d + 16)
     unit = 4 * b * c * n * t

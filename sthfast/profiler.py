@@ -42,7 +42,10 @@ def inputs(nodes: int | None, batch: int, seq_len: int) -> tuple[torch.Tensor, t
         from sthfast.data.embedded import embedded_path
 
         data = prepare(load_series(embedded_path()), seq_len, seq_len)
-        x, _, _ = data.train.batch(torch.arange(batch) * 7)
+        windows = len(data.train)
+        if batch > windows:
+            raise ValueError(f"--batch {batch} is more than the {windows} training windows of LOS-LOOP")
+        x, _, _ = data.train.batch(torch.arange(batch) * (windows // batch))   # spread over the split
         adjacency = torch.as_tensor(data.series.adjacency, dtype=torch.float32)
         return x, adjacency.to_sparse(), x.shape[2]
     g = torch.Generator().manual_seed(0)
@@ -126,12 +129,13 @@ def chart(results: dict[str, dict[str, float]], path: Path, title: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The profiler's flags (``sthfast profile`` and ``python/profile_hypergraph.py``)."""
-    parser.add_argument("--nodes", type=int, default=None, help="synthetic N (default: LOS-LOOP, 207)")
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="synthetic inputs at N nodes (by default LOS-LOOP windows, N = 207)")
     parser.add_argument("--batch", type=int, default=32, help="training batch size")
-    parser.add_argument("--seq-len", type=int, default=12)
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chart", default="hypergraph_profile.png")
+    parser.add_argument("--seq-len", type=int, default=12, help="input and forecast steps")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="op backend of the model")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per scenario, after a warm-up")
+    parser.add_argument("--chart", default="hypergraph_profile.png", help="PNG chart of the stages")
     parser.add_argument("--trace", default=None, help="write a Chrome trace of one training batch")
     parser.add_argument("--json", default=None, help="also write the table as JSON (for RESULTS.md)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model (for tests)")
@@ -153,6 +157,10 @@ def run(args: argparse.Namespace, command: str) -> dict[str, dict[str, float]]:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.nodes is not None and args.nodes < 4:
         raise ValueError(f"--nodes must be >= 4 (k = 3 neighbours and a graph), got {args.nodes}")
+    for flag in ("chart", "trace", "json"):                # before minutes of profiling, not after
+        path = getattr(args, flag)
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise ValueError(f"--{flag} {path}: its folder does not exist")
     x, adjacency, n = inputs(args.nodes, args.batch, args.seq_len)
     common = dict(num_nodes=n, seq_len=args.seq_len, pred_len=args.seq_len, patch_len=4, stride=2,
                   backend=args.backend)
@@ -179,7 +187,10 @@ def run(args: argparse.Namespace, command: str) -> dict[str, dict[str, float]]:
         import json
         import platform
 
+        from . import ops  # noqa: PLC0415
+
         meta = dict(nodes=n, seq_len=args.seq_len, batch=args.batch, backend=args.backend,
+                    propagation=ops.resolve("hypergraph_mixprop", args.backend, x.device),
                     repeats=args.repeats, threads=torch.get_num_threads(), torch=torch.__version__,
                     machine=platform.processor() or platform.machine(), chart=Path(args.chart).name,
                     date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

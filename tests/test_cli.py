@@ -55,3 +55,10 @@ def test_profile_writes_the_table_chart_and_json(tmp_path, capsys):
 def test_profile_rejects_bad_sizes(capsys):
     assert main(["profile", "--repeats", "0"]) == 2
     assert "--repeats must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_profile_refuses_unwritable_outputs_and_oversized_batches(tmp_path, capsys):
+    assert main(["profile", "--chart", str(tmp_path / "missing" / "chart.png")]) == 2
+    assert "its folder does not exist" in capsys.readouterr().err
+    assert main(["profile", "--batch", "100000"]) == 2
+    assert "training windows of LOS-LOOP" in capsys.readouterr().err

@@ -14,14 +14,12 @@ import torch
 
 from sthfast import extension, ops, sparse
 from sthfast.sparse import structure
+from sthfast.sparse.propagate import HYPERGRAPH_HOPS
 
 pytestmark = pytest.mark.skipif(not extension.available(),
                                 reason=f"the C++ extension is not built: {extension.load()}")
 
-HYPERGRAPH_HOPS = ((False, 0), (True, 1))   # H^T (gather), then H (spread)
-
-
-def hypergraph_case(b, c, n, t, k=3, dtype=torch.float64, seed=0, dynamic=False):
+def hypergraph_case(b, c, n, t, dtype=torch.float64, seed=0, dynamic=False):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((b, n, 5) if dynamic else (n, 5), generator=g, dtype=dtype, requires_grad=True)
     x = torch.randn(b, c, n, t, generator=g, dtype=dtype, requires_grad=True)
