@@ -30,6 +30,27 @@ class DilatedInception(nn.Module):
         length = outs[-1].shape[-1]
         return torch.cat([o[..., -length:] for o in outs], dim=1)
 
+    def taps(self) -> tuple[Tensor, Tensor]:
+        """The four kernels as one ``[c_out, c_in, 1, 7]`` kernel and its bias ``[c_out]``: each
+        kernel left-padded with zero taps (cropping to the shortest output aligns every kernel with
+        the end of the 7-tap window), so one convolution gives :meth:`forward`'s output."""
+        weight = torch.cat([F.pad(conv.weight, (KERNEL_SIZE - conv.kernel_size[1], 0)) for conv in self.convs])
+        return weight, torch.cat([conv.bias for conv in self.convs])
+
+
+def gated_inception(x: Tensor, filters: DilatedInception, gates: DilatedInception, fused: bool) -> Tensor:
+    """``tanh(filters(x)) * sigmoid(gates(x))``, ``[B, c_in, N, T] -> [B, c_out, N, T - 6 dilation]``.
+
+    ``fused`` runs one convolution whose output channels are both modules' eight kernels (7 taps
+    each, see :meth:`DilatedInception.taps`) instead of eight: the same sums, in one pass over x.
+    """
+    if not fused:
+        return torch.tanh(filters(x)) * torch.sigmoid(gates(x))
+    (w_f, b_f), (w_g, b_g) = filters.taps(), gates.taps()
+    out = F.conv2d(x, torch.cat([w_f, w_g]), torch.cat([b_f, b_g]), dilation=filters.convs[0].dilation)
+    f, g = out.chunk(2, dim=1)
+    return torch.tanh(f) * torch.sigmoid(g)
+
 
 class EvalCache:
     """A structure built from a module's parameters, kept while the module is in eval mode with
@@ -215,7 +236,7 @@ class SpatialStream(nn.Module):
         for i in range(c.layers):
             residual = h
             with stage("temporal_convolutions"):
-                h = torch.tanh(self.filters[i](h)) * torch.sigmoid(self.gates[i](h))
+                h = gated_inception(h, self.filters[i], self.gates[i], fused=c.backend != "reference")
                 h = F.dropout(h, c.dropout, self.training)
                 skip = skip + self.skips[i](h)
             h = self._mix(i, h, graph, hypergraph)
@@ -237,24 +258,41 @@ class SpatialStream(nn.Module):
         return self._static_cache[1]
 
     def _mix(self, i: int, h: Tensor, graph, hypergraph) -> Tensor:
-        """Layer ``i``'s spatial mixing: ``g * graph + (1 - g) * hypergraph`` with learned ``g``."""
+        """Layer ``i``'s spatial mixing, ``g * graph + (1 - g) * hypergraph`` with learned ``g``:
+        ``graph = graph_out(MixProp_A(h)) + graph_in(MixProp_A^T(h))``, ``hypergraph =
+        hyper_mix(MixProp_H(h))`` (1x1 convolutions over the concatenated steps)."""
         c = self.config
         if graph is None and hypergraph is None:
             with stage("residual_and_norm"):
                 return self.residual[i](h)
+        terms = []                                      # (1x1 convolution, propagated [B, C (D + 1), N, T])
         if graph is not None:
             with stage("graph_mixprop"):
-                graph_branch = (self.graph_out[i](ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha,
-                                                                    backend=c.backend))
-                                + self.graph_in[i](ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha,
-                                                                     transpose=True, backend=c.backend)))
-            if hypergraph is None:
-                return graph_branch
-        with stage("hypergraph_mixprop"):
-            hyper_branch = self.hyper_mix[i](ops.hypergraph_mixprop(h, hypergraph, c.gcn_depth,
-                                                                    c.prop_alpha, backend=c.backend))
-        if graph is None:
-            return hyper_branch
-        with stage("hypergraph_mixprop"):   # the learned blend of the two branches
-            g = torch.sigmoid(self.branch_logit[i])
-            return g * graph_branch + (1 - g) * hyper_branch
+                terms += [(conv, ops.graph_mixprop(h, graph, c.gcn_depth, c.prop_alpha, transpose=transpose,
+                                                   backend=c.backend))
+                          for conv, transpose in ((self.graph_out[i], False), (self.graph_in[i], True))]
+        if hypergraph is not None:
+            with stage("hypergraph_mixprop"):
+                terms.append((self.hyper_mix[i], ops.hypergraph_mixprop(h, hypergraph, c.gcn_depth,
+                                                                        c.prop_alpha, backend=c.backend)))
+        g = torch.sigmoid(self.branch_logit[i]) if len(terms) == 3 else None
+        with stage("mixprop_projection"):
+            if c.backend != "reference":
+                scales = [1.0] * len(terms) if g is None else [g, g, 1 - g]
+                return project(terms, scales)
+            branches = [terms[0][0](terms[0][1]) + terms[1][0](terms[1][1])] if graph is not None else []
+            branches += [terms[-1][0](terms[-1][1])] if hypergraph is not None else []
+            return branches[0] if g is None else g * branches[0] + (1 - g) * branches[1]
+
+
+def project(terms: list[tuple[nn.Conv2d, Tensor]], scales: list) -> Tensor:
+    """``sum_i scales[i] * conv_i(x_i)`` for 1x1 convolutions ``conv_i`` and ``x_i [B, K, N, T]``, as
+    one chain of batched matrix products (``[C, K] @ [K, N T]`` per sample, accumulated in place of
+    separate outputs and a blend): ``[B, C, N, T]``."""
+    b, _, n, t = terms[0][1].shape
+    bias = sum(scale * conv.bias for (conv, _), scale in zip(terms, scales))
+    out = bias.view(1, -1, 1).expand(b, -1, n * t)
+    for (conv, x), scale in zip(terms, scales):
+        weight = (scale * conv.weight).view(conv.out_channels, -1).expand(b, -1, -1)   # [B, C, K]
+        out = torch.baddbmm(out, weight, x.reshape(b, x.shape[1], n * t))
+    return out.view(b, -1, n, t)
