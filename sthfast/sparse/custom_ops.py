@@ -37,7 +37,7 @@ def define_topk(backend: str, topk: TopkKernel) -> TopkKernel:
     @torch.library.custom_op(f"sthfast::topk_{backend}", mutates_args=())
     def op(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool,
            approximate: bool) -> Tensor:
-        return topk(query, key, k, metric, self_first, approximate)
+        return topk(query, key, k, metric, self_first, approximate).contiguous()  # as the fake
 
     @op.register_fake
     def _(query, key, k, metric, self_first, approximate):
