@@ -232,3 +232,36 @@ def test_python_api_train_with_time_features(tiny_backbones, tmp_path):
         TrainConfig(time_features="hour")
     with pytest.raises(ValueError, match="each at most once"):
         TrainConfig(time_features="time_of_day,time_of_day")
+
+
+def test_compiled_training_equals_eager_training(tiny_backbones, tmp_path, monkeypatch):
+    """``compile`` trains the compiled model (the same parameters) to the eager run's result. The
+    compiler is swapped for ``aot_eager`` here (inductor: ``test_compile.py``)."""
+    compiled = []
+    real_compile = torch.compile
+
+    def aot_eager(model):
+        compiled.append(model)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    runs = {flag: _tiny_train(tiny_backbones, tmp_path / str(flag), epochs=1, compile=flag)
+            for flag in (False, True)}
+    assert len(compiled) == 1 and isinstance(compiled[0], STHSepNet)
+    eager, fast = (runs[flag]["test"]["model"]["all"] for flag in (False, True))
+    assert fast["mae"] == pytest.approx(eager["mae"], rel=1e-4)
+
+
+def test_bf16_trains_on_the_cpu(tiny_backbones, tmp_path, monkeypatch):
+    """``bf16`` autocasts the training forward on the CPU too (it used to be ignored there)."""
+    seen = []
+    real_autocast = torch.autocast
+
+    def recording(device_type, **kwargs):
+        seen.append((device_type, kwargs.get("dtype"), kwargs.get("enabled")))
+        return real_autocast(device_type, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", recording)
+    summary = _tiny_train(tiny_backbones, tmp_path / "bf16", epochs=1, bf16=True)
+    assert seen == [("cpu", torch.bfloat16, True)]
+    assert np.isfinite(summary["test"]["model"]["all"]["mae"])
