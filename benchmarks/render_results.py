@@ -145,8 +145,8 @@ def throughput_section(run: dict) -> list[str]:
         e = b["extra_info"]
         if e.get("kind") == "op":
             ops_.setdefault((e["op"], e["dtype"]), {})[(e["n"], e["backend"])] = b
-    lines = ["## Throughput: every op and the whole model, fast paths vs reference vs the authors' approach",
-             "", "```", "python -m pytest benchmarks/test_throughput.py "
+    lines = ["## Throughput: every op, fast paths vs reference vs the authors' approach",
+             "", "```", "python -m pytest benchmarks/test_throughput.py -k test_op "
              "--benchmark-json=benchmarks/throughput.json", "```", "", _machine(run), "",
              "Median ms (rounds: 5, or 1 for calls over 5 s) and, in brackets, the call's own peak MiB. "
              "Ratios are each other path / ours, from this run. Ops: `topk` (d = 40, "
@@ -175,20 +175,42 @@ def throughput_section(run: dict) -> list[str]:
             med = lambda bk: by[(n, bk)]["stats"]["median"] if (n, bk) in by else None
             lines.append(f"| {n:,} | {' | '.join(cells)} | "
                          + " | ".join(_ratio(med(bk), med(ours)) for bk in against) + " |")
+    return lines
+
+
+def model_section(run: dict) -> list[str]:
+    """The whole model's training step and inference, ours (reference, auto, auto under bfloat16
+    autocast) beside the peer (BasicTS's STID), from ``model_step.json``."""
     models = {}
-    for b in cases:
+    for b in run["benchmarks"]:
         e = b["extra_info"]
         if e.get("kind") == "model":
-            models[(e["step"], e["batch"], e["n"], e["backend"])] = b
-    lines += ["", "### The whole model (default config, 12 -> 12)", "",
-              "| step | B | N | reference ms (MiB) | auto ms (MiB) | reference / auto |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for step, batch, n in sorted({k[:3] for k in models}):
-        ref, auto = models.get((step, batch, n, "reference")), models.get((step, batch, n, "auto"))
-        cell = lambda b: "not run" if b is None else \
-            f"{_ms(b['stats']['median'])} ({_mib(b['extra_info'].get('call_peak_mib'))})"
-        lines.append(f"| {step} | {batch} | {n:,} | {cell(ref)} | {cell(auto)} | "
-                     f"{_ratio(ref and ref['stats']['median'], auto and auto['stats']['median'])} |")
+            models[(e["step"], e["batch"], e.get("length", 12), e["n"], e["backend"])] = b
+    names = ("reference", "auto", "auto+bf16", "stid")
+    med = lambda key: models[key]["stats"]["median"] if key in models else None
+    lines = ["## The whole model: training step and inference, ours vs the reference vs BasicTS's STID", "",
+             "```", "python -m pytest benchmarks/test_throughput.py -k test_model "
+             "--benchmark-json=benchmarks/model_step.json", "```", "", _machine(run), "",
+             "Default config (`auto` picks the C++ extension's pool + patch and MixProp on the CPU); "
+             "`auto+bf16`: the same under CPU bfloat16 autocast, as `--bf16` trains; `stid`: BasicTS "
+             "1.1.0's STID (3 MLP layers, 32-wide embeddings, time-of-day and day-of-week), the peer. "
+             "Training step: forward, backward and Adam over random inputs; inference: eval, no "
+             "gradients. Median ms (rounds: 5, or 1 for calls over 5 s) and, in brackets, the call's "
+             "own peak MiB; the ratios are from this run.", "",
+             "| step | B | T -> H | N | " + " | ".join(f"{n} ms (MiB)" for n in names)
+             + " | reference / auto | reference / auto+bf16 | auto / stid | auto+bf16 / stid |",
+             "|---|---:|---|---:|" + "---:|" * (len(names) + 4)]
+    for step, batch, length, n in sorted({k[:4] for k in models}, key=lambda k: (k[0] != "train", k[1:])):
+        keys = {name: (step, batch, length, n, name) for name in names}
+        cells = []
+        for name in names:
+            b = models.get(keys[name])
+            cells.append("not run" if b is None else
+                         f"{_ms(b['stats']['median'])} ({_mib(b['extra_info'].get('call_peak_mib'))})")
+        ratios = [_ratio(med(keys["reference"]), med(keys["auto"])),
+                  _ratio(med(keys["reference"]), med(keys["auto+bf16"])),
+                  _ratio(med(keys["auto"]), med(keys["stid"])), _ratio(med(keys["auto+bf16"]), med(keys["stid"]))]
+        lines.append(f"| {step} | {batch} | {length} -> {length} | {n:,} | " + " | ".join(cells + ratios) + " |")
     return lines
 
 
@@ -222,6 +244,9 @@ def render() -> str:
     throughput = _load("throughput.json")
     if throughput is not None:
         lines += throughput_section(throughput) + [""]
+    model_step = _load("model_step.json")
+    if model_step is not None:
+        lines += model_section(model_step) + [""]
     profiles = [p for p in (_load(f) for f in sorted(q.name for q in SOURCE.glob("profile_*.json"))) if p]
     if profiles:
         lines += profile_section(profiles)

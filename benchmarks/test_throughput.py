@@ -1,9 +1,13 @@
-"""Throughput of every op and of the whole model: the fast paths, the dense reference and the
-authors' approach (``authors_approach.py``), by N (207 LOS-LOOP / METR-LA, 358 PEMS03, 883 PEMS07,
+"""Throughput of every op and of the whole model: the fast paths, the dense reference, the
+authors' approach and, for the whole model, the peer (BasicTS's STID) (``authors_approach.py``), by N (207 LOS-LOOP / METR-LA, 358 PEMS03, 883 PEMS07,
 8,600 LargeST CA), backend and dtype, each case with its peak memory in ``extra_info``.
 
-    python -m pytest benchmarks/test_throughput.py --benchmark-json=benchmarks/throughput.json
+    python -m pytest benchmarks/test_throughput.py -k test_op --benchmark-json=benchmarks/throughput.json
+    python -m pytest benchmarks/test_throughput.py -k test_model --benchmark-json=benchmarks/model_step.json
     python benchmarks/render_results.py
+
+The whole-model cases put BasicTS's STID (``peers.py``) beside ours; they skip it with the reason
+when BasicTS is not installed.
 
 ``STHFAST_BENCH_QUICK=1`` runs every case once at N = 64 (the test suite does, with
 ``--benchmark-disable``, so that the suite cannot rot). Cases that cannot run at a size (the
@@ -20,13 +24,13 @@ import torch
 from conftest import call_peak_mib, own_peak_mib
 
 import authors_approach
+import peers
 from sthfast import STHSepNet, STHSepNetConfig, backends, extension, ops
 
 QUICK = os.environ.get("STHFAST_BENCH_QUICK") == "1"
 SIZES = (64,) if QUICK else (207, 358, 883, 8600)
 D, K, C, T, DEPTH, BETA = 40, 3, 32, 12, 2, 0.05
 BATCH = 2 if QUICK else 32             # the authors' anchors: B = 32, 32 channels
-TRAIN_BATCH = 2 if QUICK else 8
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SECONDS_PER_CALL_LIMIT = 5.0           # slower cases: one round, in-process peak
 
@@ -70,23 +74,33 @@ def op_case(op: str, backend: str, n: int, dtype: str):
     raise ValueError(op)
 
 
-def model_case(step: str, backend: str, n: int, batch: int):
+def model_case(step: str, backend: str, n: int, batch: int, length: int = 12):
     """One training step (forward, backward, Adam) or one inference call (eval, no gradients: the
-    graph and hypergraph are built on the first call and reused) of the default model, 12 -> 12."""
+    graph and hypergraph are built on the first call and reused), ``length -> length`` steps, of
+    the default model (``backend``: ``reference``, ``auto``, or ``auto+bf16``: ``auto`` under CPU
+    bfloat16 autocast, as ``--bf16`` trains) or of the peer, BasicTS's STID (``stid``)."""
     torch.manual_seed(0)
-    config = STHSepNetConfig(num_nodes=n, seq_len=12, pred_len=12, patch_len=4, stride=2, backend=backend)
-    model = STHSepNet(config)
-    x, y = torch.randn(batch, 12, n, 1), torch.randn(batch, 12, n)
+    x, y = torch.randn(batch, length, n, 1), torch.randn(batch, length, n)
+    if backend == "stid":
+        model, forward = peers.stid(n, length)
+    else:
+        patches = dict(patch_len=4, stride=2) if length == 12 else {}
+        model = STHSepNet(STHSepNetConfig(num_nodes=n, seq_len=length, pred_len=length,
+                                          backend=backend.split("+")[0], **patches))
+        forward = model
+    bf16 = backend.endswith("+bf16")
     if step == "inference":
         model.eval()
         def infer():
-            with torch.no_grad():
-                model(x)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                forward(x)
         return infer
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
     def train():
         optimizer.zero_grad()
-        (model(x) - y).square().mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pred = forward(x)
+        (pred.float() - y).square().mean().backward()
         optimizer.step()
     return train
 
@@ -148,14 +162,32 @@ def test_op(benchmark, op, backend, n, dtype):
                                 torch_threads=torch.get_num_threads())
 
 
-@pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("backend", ["reference", "auto"])
-@pytest.mark.parametrize("step,batch", [("train", TRAIN_BATCH), ("inference", 1), ("inference", BATCH)])
-def test_model(benchmark, step, batch, backend, n):
+MODEL_BACKENDS = ("reference", "auto", "auto+bf16", "stid")
+# (step, B, length): the issue's training step at 12 -> 12 and at the paper's 48 -> 48 (N = 207
+# only: LOS-LOOP), streaming and batched inference
+MODEL_STEPS = (("train", BATCH, 12), ("train", BATCH, 48), ("inference", 1, 12), ("inference", BATCH, 12))
+
+
+def _model_skip_reason(step: str, backend: str, n: int, batch: int, length: int) -> str | None:
+    if backend == "stid" and not peers.have_basicts():
+        return f"BasicTS is not installed ({peers.INSTALL})"
+    if length == 48 and n != min(SIZES):
+        return "48 -> 48 is measured at the smallest N (207, LOS-LOOP) only"
     if backend == "reference" and n > DENSE_LIMIT and not (step == "inference" and batch == 1):
-        pytest.skip("the reference model at 8,600 nodes takes minutes per call (its training step: "
-                    "large_n.json, 273 s)")
-    peak = _measure(benchmark, lambda: model_case(step, backend, n, batch), "model_case", step, backend, n, batch)
-    benchmark.extra_info.update(kind="model", step=step, backend=backend, n=n, batch=batch,
+        return ("the reference model at 8,600 nodes takes minutes per call (its training step at "
+                "B = 8: large_n.json, 273 s)")
+    return None
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
+@pytest.mark.parametrize("step,batch,length", MODEL_STEPS)
+def test_model(benchmark, step, batch, length, backend, n):
+    reason = _model_skip_reason(step, backend, n, batch, length)
+    if reason:
+        pytest.skip(reason)
+    peak = _measure(benchmark, lambda: model_case(step, backend, n, batch, length), "model_case",
+                    step, backend, n, batch, length)
+    benchmark.extra_info.update(kind="model", step=step, backend=backend, n=n, batch=batch, length=length,
                                 call_peak_mib=None if peak is None else round(peak, 2),
                                 torch_threads=torch.get_num_threads())

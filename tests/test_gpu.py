@@ -56,3 +56,21 @@ def test_model_on_cuda_equals_reference(small_config, backend):
     torch.testing.assert_close(outs[backend][0], outs["reference"][0], rtol=1e-4, atol=1e-4)
     for name, grad in outs["reference"][1].items():
         torch.testing.assert_close(outs[backend][1][name], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_compiled_model_on_cuda_equals_the_eager_model(small_config):
+    """``--compile`` on CUDA: inductor's Triton code for the model, with the custom ops inside."""
+    from sthfast import STHSepNet
+
+    torch.manual_seed(0)
+    model = STHSepNet(small_config(num_nodes=207)).cuda()
+    x = torch.randn(4, 12, 207, 1, device="cuda")
+    outs = {}
+    for name, run in (("eager", model), ("compiled", torch.compile(model))):
+        model.zero_grad()
+        y = run(x)
+        y.pow(2).mean().backward()
+        outs[name] = (y.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(outs["compiled"][0], outs["eager"][0], rtol=1e-4, atol=1e-4)
+    for name, grad in outs["eager"][1].items():
+        torch.testing.assert_close(outs["compiled"][1][name], grad, rtol=1e-3, atol=1e-4, msg=name)

@@ -175,6 +175,9 @@ class SpatialStream(nn.Module):
     def __init__(self, config: STHSepNetConfig, static_adjacency: Tensor | None = None):
         super().__init__()
         self.config = c = config
+        # every backend but the reference runs the fast skeleton (gated_inception, project): the
+        # same parameters and sums, fewer and larger products
+        self.fused = c.backend != "reference"
         de, layers = c.dilation_exponential, c.layers
         self.receptive_field = self._field(layers)
         self.window = max(c.seq_len, self.receptive_field)
@@ -236,7 +239,7 @@ class SpatialStream(nn.Module):
         for i in range(c.layers):
             residual = h
             with stage("temporal_convolutions"):
-                h = gated_inception(h, self.filters[i], self.gates[i], fused=c.backend != "reference")
+                h = gated_inception(h, self.filters[i], self.gates[i], self.fused)
                 h = F.dropout(h, c.dropout, self.training)
                 skip = skip + self.skips[i](h)
             h = self._mix(i, h, graph, hypergraph)
@@ -277,7 +280,7 @@ class SpatialStream(nn.Module):
                                                                         c.prop_alpha, backend=c.backend)))
         g = torch.sigmoid(self.branch_logit[i]) if len(terms) == 3 else None
         with stage("mixprop_projection"):
-            if c.backend != "reference":
+            if self.fused:
                 scales = [1.0] * len(terms) if g is None else [g, g, 1 - g]
                 return project(terms, scales)
             branches = [terms[0][0](terms[0][1]) + terms[1][0](terms[1][1])] if graph is not None else []
