@@ -24,13 +24,14 @@ def _run(args, **env):
 def test_quick_suites_run_and_render(tmp_path):
     pytest.importorskip("pytest_benchmark")
     pytest.importorskip("sklearn")
-    _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/test_throughput.py",
-          f"--benchmark-json={tmp_path / 'throughput.json'}", "--benchmark-min-rounds=1"],
-         STHFAST_BENCH_QUICK="1")
+    for cases, out in (("test_op", "throughput.json"), ("test_model", "model_step.json")):
+        _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/test_throughput.py", "-k", cases,
+              f"--benchmark-json={tmp_path / out}", "--benchmark-min-rounds=1"], STHFAST_BENCH_QUICK="1")
     _run(["benchmarks/large_n.py", "--quick", "--out", str(tmp_path / "large_n.json")])
     _run(["benchmarks/render_results.py", "--from", str(tmp_path), "--out", str(tmp_path / "RESULTS.md")])
     text = (tmp_path / "RESULTS.md").read_text()
-    for heading in ("## Throughput", "### hypergraph_construction (float32)", "### The whole model",
+    for heading in ("## Throughput", "### hypergraph_construction (float32)", "## The whole model",
                     "## Large N", "### Hypergraph stage with `auto`"):
         assert heading in text, heading
     assert "| 64 |" in text and "authors / sparse" in text
+    assert "| train | 2 | 48 -> 48 | 64 |" in text and "reference / auto+bf16" in text
