@@ -23,7 +23,7 @@ class Found:
 
 @functools.lru_cache(maxsize=None)
 def probe(name: str) -> Found:
-    """Probe one optional piece by name: ``triton``, ``faiss``, ``cuda``, ``extension``, ``amx_bf16``
+    """Probe one optional piece by name: ``triton``, ``faiss``, ``cuda``, ``extension``, ``cpu_bf16``
     (the CPU's bfloat16 matrix tiles)."""
     if name == "triton":
         if importlib.util.find_spec("triton") is None:
@@ -59,18 +59,21 @@ def probe(name: str) -> Found:
         cuda = "with" if extension.has_cuda_kernels() else "without"
         return Found(name, True, f"sthfast._C, CPU kernels (MixProp: {extension.mixprop_isa()} copy), "
                                  f"{cuda} CUDA kernels")
-    if name == "amx_bf16":
+    if name == "cpu_bf16":
         import torch  # noqa: PLC0415
 
         capabilities = getattr(torch.cpu, "get_capabilities", dict)()   # torch >= 2.8
-        if not capabilities.get("amx_bf16"):
-            return Found(name, False, "this CPU has no AMX-BF16 tiles (or torch cannot tell): "
-                                      "bfloat16 training is off by default")
-        return Found(name, True, "AMX-BF16 matrix tiles: --bf16 is on by default from seq_len 48")
+        units = [label for key, label in (("amx_bf16", "AMX-BF16 tiles"), ("avx512_bf16", "AVX512-BF16"))
+                 if capabilities.get(key)]
+        if not units:
+            return Found(name, False, "this CPU has no bfloat16 matrix instructions (AMX-BF16, "
+                                      "AVX512-BF16; or torch cannot tell): bfloat16 training is off "
+                                      "by default")
+        return Found(name, True, f"{' and '.join(units)}: --bf16 is on by default from seq_len 48")
     raise ValueError(f"unknown optional piece {name!r}")
 
 
-OPTIONAL = ("cuda", "triton", "faiss", "extension", "amx_bf16")
+OPTIONAL = ("cuda", "triton", "faiss", "extension", "cpu_bf16")
 
 
 @functools.lru_cache(maxsize=None)

@@ -38,8 +38,9 @@ PROTOCOLS = {
                      horizons=(3, 6, 12)),
 }
 DATA_FIELDS = ("num_nodes", "in_features")  # taken from the data, never from flags
-# bfloat16 autocast is on by default on CPUs with AMX-BF16 from this input length: measured 1.4x to
-# 1.7x faster per training step at 48 -> 48, and no faster at 12 -> 12 (README, RESULTS.md)
+# bfloat16 autocast is on by default on CPUs with bfloat16 matrix instructions (AMX-BF16 or
+# AVX512-BF16) from this input length: per training step at 48 -> 48 measured 1.4x to 1.7x faster on
+# an AMX Xeon and 2.5x on an AVX512-BF16 EPYC; the standard 12 -> 12 main job was no faster (README)
 BF16_MIN_SEQ_LEN = 48
 
 
@@ -72,7 +73,7 @@ class TrainConfig:
     patience: int = help_field(10, "Early stopping: epochs without a better validation MAE before stopping.")
     seed: int = help_field(2021, "Random seed (weights, data order, dropout).")
     device: str = help_field("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
-    bf16: bool | None = help_field(None, "bfloat16 autocast of the training forward pass (evaluation stays float32). Default: on for CPUs with AMX-BF16 from seq_len 48 (measured faster at equal accuracy there: README), off elsewhere; --bf16 / --no-bf16 force it, on CUDA too.")
+    bf16: bool | None = help_field(None, "bfloat16 autocast of the training forward pass (evaluation stays float32). Default: on for CPUs with AMX-BF16 or AVX512-BF16 from seq_len 48 (measured faster at equal accuracy there: README), off elsewhere; --bf16 / --no-bf16 force it, on CUDA too.")
     compile: bool = help_field(False, "torch.compile the model for the training steps (inductor: the first step compiles, about a minute on 2 CPU cores; evaluation runs eagerly).")
     threads: int | None = help_field(None, "CPU threads for torch (default: torch's choice).")
     out: str = help_field("runs/sthfast", "Run folder: checkpoints, metrics.json, log.jsonl, plots.")
@@ -154,10 +155,10 @@ def resolve_device(name: str) -> torch.device:
 
 def use_bf16(tc: TrainConfig, config: STHSepNetConfig, device: torch.device) -> bool:
     """Whether the training forward runs under bfloat16 autocast: ``tc.bf16`` when given, else on
-    for CPUs with AMX-BF16 and inputs of at least :data:`BF16_MIN_SEQ_LEN` steps."""
+    for CPUs with bfloat16 matrix instructions and inputs of at least :data:`BF16_MIN_SEQ_LEN` steps."""
     if tc.bf16 is not None:
         return tc.bf16
-    return device.type == "cpu" and config.seq_len >= BF16_MIN_SEQ_LEN and backends.probe("amx_bf16").ok
+    return device.type == "cpu" and config.seq_len >= BF16_MIN_SEQ_LEN and backends.probe("cpu_bf16").ok
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -285,7 +286,7 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     mean_d, std_d = mean.to(device), std.to(device)
     bf16 = use_bf16(tc, config, device)
     if bf16 and tc.bf16 is None:
-        tqdm.write("training under bfloat16 autocast (a CPU with AMX-BF16, seq_len >= "
+        tqdm.write("training under bfloat16 autocast (a CPU with bfloat16 matrix instructions, seq_len >= "
                    f"{BF16_MIN_SEQ_LEN}); --no-bf16 trains in float32")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     forward = torch.compile(model) if tc.compile else model          # the same parameters
