@@ -28,9 +28,9 @@ def stage(name: str) -> record_function:
 def table_rows(results: dict[str, dict[str, float]]) -> list[Row]:
     """The rows of a per-stage table over scenarios ``results`` (scenario -> stage -> ms), for
     any renderer: ``(label, nested, cells)``, each cell ``(ms, share of the forward)`` or None where
-    the scenario has no such stage (a substage no scenario has is left out: the fused MixProp has
-    none). After the stages and substages: their sum, the measured forward, the backward and the
-    total."""
+    the scenario has no such stage (a stage or substage no scenario has is left out: the fused
+    MixProp has no substages; a profile recorded before a stage existed lacks it). After the
+    stages and substages: their sum, the measured forward, the backward and the total."""
     keys = [(name, False) for name in STAGES] + [(sub, True) for subs in SUBSTAGES.values() for sub in subs]
     keys += [("sum of stages", False), ("forward", False), ("backward", False), ("total", False)]
     rows = []
@@ -39,7 +39,7 @@ def table_rows(results: dict[str, dict[str, float]]) -> list[Row]:
         for r in results.values():
             value = sum(r.get(s, 0.0) for s in STAGES) if key == "sum of stages" else r.get(key)
             cells.append((value, value / r["forward"]) if value else None)
-        if nested and not any(cells):
+        if not any(cells):
             continue
         rows.append(("forward (measured)" if key == "forward" else key, nested, cells))
     return rows

@@ -30,3 +30,15 @@ def test_demo_runs_offline():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "median forward+backward+step time" in result.stdout
     assert "last-value baseline" in result.stdout
+
+
+@pytest.mark.slow
+def test_step_profiler_lists_the_top_ops():
+    result = subprocess.run([sys.executable, str(ROOT / "python" / "profile_step.py"), "--nodes", "16",
+                             "--batch", "2", "--repeats", "1", "--rows", "5"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "median step" in result.stdout and "Self CPU time total" in result.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "python" / "profile_step.py"), "--nodes", "0"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "must be at least 1" in bad.stderr
