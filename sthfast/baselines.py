@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data.calendar import calendar
+from .data.calendar import calendar, seasonal_profile
 from .data.windows import SplitData
 
 BASELINES = ("last_value", "seasonal_average", "linear")
@@ -33,31 +33,15 @@ class SeasonalAverage:
     def __init__(self, data: SplitData, steps_per_day: int | None = None):
         series = data.series
         values = series.values[:, :, data.target_feature].astype(np.float64)   # [T, N]
-        n_train = data.boundaries[0]
         cal = calendar(series, steps_per_day)
-        day_slot, per_day = cal.day_slot, cal.per_day
-        week_slot = cal.weekday * per_day + day_slot
-        node_mean = np.nanmean(values[:n_train], axis=0)
-        day_table = _slot_means(values[:n_train], day_slot[:n_train], per_day, node_mean)
-        week_table = _slot_means(values[:n_train], week_slot[:n_train], 7 * per_day, None)
-        table = np.where(np.isnan(week_table[week_slot]), day_table[day_slot], week_table[week_slot])
-        self.forecast_by_step = torch.from_numpy(table.astype(np.float32))  # [T, N]: value for step t
+        table = seasonal_profile(values[:data.boundaries[0]], cal)             # [7 per_day, N]
+        week_slot = cal.weekday * cal.per_day + cal.day_slot
+        self.forecast_by_step = torch.from_numpy(table[week_slot].astype(np.float32))  # [T, N]
         self.seq_len = data.test.seq_len
 
     def __call__(self, x: Tensor, starts: Tensor, pred_len: int) -> Tensor:
         steps = starts[:, None] + self.seq_len + torch.arange(pred_len)    # [B, H]
         return self.forecast_by_step[steps]                                 # [B, H, N]
-
-
-def _slot_means(values: np.ndarray, slots: np.ndarray, num_slots: int, fallback) -> np.ndarray:
-    sums = np.zeros((num_slots, values.shape[1]))
-    counts = np.zeros((num_slots, values.shape[1]))
-    observed = np.isfinite(values)
-    np.add.at(sums, slots, np.where(observed, values, 0.0))
-    np.add.at(counts, slots, observed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / counts
-    return means if fallback is None else np.where(counts > 0, means, fallback)
 
 
 class LinearBaseline:

@@ -13,6 +13,7 @@ import json
 import sys
 import types
 import typing
+import warnings
 from typing import Any
 
 from .config import STHSepNetConfig
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="forecast the steps after the end of a series")
     predict.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder")
     predict.add_argument("--data", required=True, help="series file ('embedded' for LOS-LOOP)")
-    predict.add_argument("--out", required=True, help="output .npz (forecast [H, N], timestamps)")
+    predict.add_argument("--out", required=True, help="output .npz (forecast [H, N], timestamps; nodes: the data's node of each column after --drop-dead-nodes)")
     predict.add_argument("--all-windows", action="store_true",
                          help="also forecast from every window of the series (window_forecasts [W, H, N])")
     predict.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -107,15 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_data_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Data warnings as one line naming the problem, other warnings as Python shows them."""
+    from .data import DataWarning  # noqa: PLC0415
+
+    if issubclass(category, DataWarning):
+        from tqdm import tqdm  # noqa: PLC0415
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.invocation = "sthfast " + " ".join(sys.argv[1:] if argv is None else argv)
+    warnings.showwarning = _show_data_warning
     try:
         return _run(parser, args)
     except ValueError as err:  # bad data, config or checkpoint: one clear line, no traceback
         print(f"sthfast {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = _PYTHON_SHOWWARNING
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

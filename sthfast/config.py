@@ -42,6 +42,13 @@ class STHSepNetConfig:
     in_features: int = help_field(1, "Features per node and step F (e.g. speed, or flow/occupancy/speed).")
     target_feature: int = help_field(0, "Index of the feature that is forecast (0 <= target_feature < in_features).")
 
+    # --- calendar (sthfast train sets the channels and slots_per_day from the data) --------------
+    time_of_day_channel: int | None = help_field(None, "Input feature holding the time of day as a fraction of the day (as --time-features writes it); needed by seasonal_residual and time_embedding_dim.")
+    day_of_week_channel: int | None = help_field(None, "Input feature holding the weekday / 7; without it the calendar has time-of-day slots only.")
+    slots_per_day: int = help_field(288, "Time-of-day slots (steps per day) of the calendar channels.")
+    seasonal_residual: bool = help_field(False, "Forecast the deviation from a per-node seasonal profile (the training split's mean per week slot, as the seasonal-average baseline; sthfast train fits it, STHSepNet.set_seasonal_profile sets it): the profile is taken off the inputs' target feature and added to the forecast.")
+    time_embedding_dim: int = help_field(0, "Width d of learned time-of-day and day-of-week embeddings appended to the spatial stream's input at every step (as STID); 0: none.")
+
     # --- temporal stream (pooled series -> patches -> LLM with LoRA) --------------------------
     patch_len: int = help_field(16, "Patch length P of the pooled series.")
     stride: int = help_field(8, "Patch stride S; the series end is replicate-padded by S.")
@@ -97,14 +104,14 @@ class STHSepNetConfig:
     # -- validation -----------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field whose value is out of range."""
-        ints_pos = ("num_nodes", "seq_len", "pred_len", "in_features", "patch_len", "stride",
+        ints_pos = ("num_nodes", "seq_len", "pred_len", "in_features", "patch_len", "stride", "slots_per_day",
                     "d_ff", "d_model", "n_heads", "num_prototypes", "node_emb_dim", "hyper_k",
                     "hyper_rebuild_every",
                     "subgraph_size", "conv_channels", "residual_channels", "skip_channels",
                     "end_channels", "layers", "dilation_exponential", "gate_hidden")
         for name in ints_pos:
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("lora_rank", "gcn_depth", "target_feature"):
+        for name in ("lora_rank", "gcn_depth", "target_feature", "time_embedding_dim"):
             _check_int(name, getattr(self, name), minimum=0)
         if self.llm_layers is not None:
             _check_int("llm_layers", self.llm_layers, minimum=1)
@@ -124,6 +131,7 @@ class STHSepNetConfig:
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not one of {list(choices)}")
         if self.target_feature >= self.in_features:
             raise ValueError(f"target_feature={self.target_feature} must be < in_features={self.in_features}")
+        self._validate_calendar()
         if self.seq_len < self.patch_len:
             raise ValueError(f"seq_len={self.seq_len} is shorter than patch_len={self.patch_len}: no patch fits")
         if self.hyper_k > self.num_nodes:
@@ -137,7 +145,31 @@ class STHSepNetConfig:
             raise TypeError(f"backbone must be 'minilm' or a folder path, got {self.backbone!r}")
         self.backbone = str(self.backbone)
 
+    def _validate_calendar(self) -> None:
+        channels = {"time_of_day_channel": self.time_of_day_channel, "day_of_week_channel": self.day_of_week_channel}
+        for name, value in channels.items():
+            if value is not None:
+                _check_int(name, value, minimum=0)
+                if value >= self.in_features or value == self.target_feature:
+                    raise ValueError(f"{name}={value} must be an input feature (< in_features={self.in_features}) "
+                                     f"other than target_feature={self.target_feature}")
+        if self.day_of_week_channel is not None and self.day_of_week_channel == self.time_of_day_channel:
+            raise ValueError("time_of_day_channel and day_of_week_channel must differ")
+        if (self.seasonal_residual or self.time_embedding_dim) and self.time_of_day_channel is None:
+            raise ValueError("seasonal_residual and time_embedding_dim read the time of day from the input: set "
+                             "time_of_day_channel (sthfast train does, adding the calendar channels itself)")
+
     # -- derived sizes ----------------------------------------------------------------------------
+    @property
+    def uses_calendar(self) -> bool:
+        return self.seasonal_residual or self.time_embedding_dim > 0
+
+    @property
+    def spatial_in_features(self) -> int:
+        """The spatial stream's input channels: the features, then any time embeddings."""
+        weekday = 2 if self.day_of_week_channel is not None else 1
+        return self.in_features + self.time_embedding_dim * weekday
+
     @property
     def num_patches(self) -> int:
         """Patches of the pooled series after replicate-padding the end by ``stride``."""

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import STHSepNetConfig
+from .nn.calendar import CalendarSlots, SeasonalResidual, TimeEmbedding
 from .nn.fusion import FUSION_MODULES
 from .nn.spatial import SpatialStream
 from .nn.temporal import TemporalStream
@@ -38,6 +39,10 @@ class STHSepNet(nn.Module):
         self.temporal = TemporalStream(c) if c.uses_llm else None
         self.spatial = SpatialStream(c, static) if c.uses_spatial else None
         self.fusion = FUSION_MODULES[c.fusion](c) if c.fusion in FUSION_MODULES else None
+        slots = CalendarSlots(c) if c.uses_calendar else None
+        self.seasonal = SeasonalResidual(c, slots) if c.seasonal_residual else None
+        self.time_embedding = TimeEmbedding(c, slots) if c.time_embedding_dim and c.uses_spatial else None
+        self.slots = slots
         self.register_buffer("clamp_min", torch.full((c.num_nodes,), -torch.inf))
         self.register_buffer("clamp_max", torch.full((c.num_nodes,), torch.inf))
 
@@ -57,6 +62,20 @@ class STHSepNet(nn.Module):
                 raise ValueError(f"{name} must have shape [{self.config.num_nodes}], got {list(value.shape)}")
             getattr(self, name).copy_(value)
 
+    def set_seasonal_profile(self, profile: Tensor | np.ndarray) -> None:
+        """The per-node seasonal profile ``[slots, N]`` in the model's scaled units that
+        ``config.seasonal_residual`` forecasts the deviation from; ``slots`` is ``7 * slots_per_day``
+        with a weekday channel, else ``slots_per_day``. Row ``s`` is week slot ``s``: weekday
+        (0 = the day_of_week channel's 0) times slots_per_day plus the time-of-day slot."""
+        if self.seasonal is None:
+            raise ValueError("the model has no seasonal profile: build it with seasonal_residual=True")
+        profile = torch.as_tensor(profile, dtype=self.seasonal.profile.dtype)
+        if profile.shape != self.seasonal.profile.shape:
+            raise ValueError(f"profile must have shape {list(self.seasonal.profile.shape)}, got {list(profile.shape)}")
+        if not torch.isfinite(profile).all():
+            raise ValueError("profile must be finite (fill slots never seen in training)")
+        self.seasonal.profile.copy_(profile)
+
     def forward(self, x: Tensor) -> Tensor:
         """``x[B, T, N]`` or ``[B, T, N, F]`` -> ``[B, pred_len, N]``. An empty batch (B = 0) gives
         an empty output that is not attached to the parameters (there is nothing to learn from)."""
@@ -65,17 +84,24 @@ class STHSepNet(nn.Module):
         c = self.config
         if x.shape[0] == 0:
             return x.new_zeros(0, c.pred_len, c.num_nodes)
+        last = self.slots.last(x) if self.slots is not None else None      # [B] week slot
+        if self.seasonal is not None:
+            x = self.seasonal.remove(x, last)
         y_time = y_space = None
         if self.temporal is not None:
             with stage("temporal_stream"):
                 y_time = self.temporal(x).unsqueeze(-1).expand(-1, -1, c.num_nodes)  # [B, H, N]
         if self.spatial is not None:
-            y_space = self.spatial(x)                                   # [B, H, N]
+            spatial_in = x if self.time_embedding is None else \
+                torch.cat([x, self.time_embedding(last).to(x.dtype)], dim=-1)        # [B, T, N, F + 2d]
+            y_space = self.spatial(spatial_in)                                       # [B, H, N]
         with stage("fusion"):
             if self.fusion is not None:
                 y = self.fusion(y_time, y_space)
             else:
                 y = y_time.contiguous() if y_space is None else y_space
+        if self.seasonal is not None:
+            y = self.seasonal.restore(y, last)
         if c.clamp:
             y = torch.maximum(torch.minimum(y, self.clamp_max), self.clamp_min)
         return y

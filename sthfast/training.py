@@ -19,9 +19,9 @@ from . import backends
 from . import checkpoint as ckpt
 from .baselines import fit_baselines
 from .config import STHSepNetConfig, help_field
-from .data import load_adjacency, load_series, prepare
+from .data import load_adjacency, load_series, prepare, unseen_nodes
 from .data.adjacency import WEIGHTINGS
-from .data.calendar import TIME_FEATURES
+from .data.calendar import TIME_FEATURES, calendar, seasonal_profile
 from .data.formats import EMBEDDED, SensorSeries
 from .data.windows import Scaler, SplitData, WindowDataset, model_inputs
 from .metrics import ForecastMetrics, valid_mask
@@ -37,7 +37,8 @@ PROTOCOLS = {
     "standard": dict(model=dict(seq_len=12, pred_len=12, patch_len=4, stride=2), zeros_missing=True,
                      horizons=(3, 6, 12)),
 }
-DATA_FIELDS = ("num_nodes", "in_features")  # taken from the data, never from flags
+# taken from the data (and --time-features), never from flags
+DATA_FIELDS = ("num_nodes", "in_features", "time_of_day_channel", "day_of_week_channel", "slots_per_day")
 # bfloat16 autocast is on by default on CPUs with bfloat16 matrix instructions (AMX-BF16 or
 # AVX512-BF16) from this input length: per training step at 48 -> 48 measured 1.4x to 1.7x faster on
 # an AMX Xeon and 2.5x on an AVX512-BF16 EPYC; the standard 12 -> 12 main job was no faster (README)
@@ -56,6 +57,7 @@ class TrainConfig:
     csv_header: bool | None = help_field(None, "Whether a .csv series starts with a header row (default: guessed).")
     steps_per_day: int | None = help_field(None, "Steps per day for the seasonal baseline and --time-features when the data has no timestamps (default 288, i.e. 5-minute data; step 0 is taken as Monday midnight).")
     data_key: str | None = help_field(None, "Array (npz) or group (h5) holding the series, if not the default.")
+    drop_dead_nodes: bool = help_field(False, "Leave out the nodes with no valid reading in the training split (default: keep them, with a warning naming them; they are forecast from the others).")
     features: str | None = help_field(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow only).")
     time_features: str | None = help_field(None, "Comma-separated calendar channels appended to every node's input: time_of_day (fraction of the day), day_of_week (weekday / 7); from the timestamps, else from --steps-per-day. Default none, as in the paper.")
     protocol: str = help_field("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.", choices=tuple(PROTOCOLS))
@@ -65,6 +67,7 @@ class TrainConfig:
     batch_size: int = help_field(32, "Training batch size.")
     eval_batch_size: int = help_field(64, "Evaluation batch size.")
     max_batches: int | None = help_field(None, "Stop each training epoch after this many batches (quick runs); default: the whole training split.")
+    loss: str = help_field("mse", "Training loss over the valid targets, in scaled units: 'mse' (the authors') or 'mae' (masked MAE, as BasicTS and LargeST train).", choices=("mse", "mae"))
     lr: float = help_field(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
     weight_decay: float = help_field(0.0, "Adam weight decay.")
     milestones: str = help_field("5,20,40,70", "Epochs at which the learning rate is multiplied by lr_gamma (the authors' MultiStepLR).")
@@ -86,6 +89,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_batches is not None and self.max_batches < 1:
             raise ValueError(f"max_batches={self.max_batches} must be >= 1")
+        if self.loss not in ("mse", "mae"):
+            raise ValueError(f"loss={self.loss!r} is not one of ['mse', 'mae']")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol={self.protocol!r} is not one of {list(PROTOCOLS)}")
         if not self.lr > 0 or self.clip < 0 or self.patience < 1:
@@ -161,10 +166,11 @@ def use_bf16(tc: TrainConfig, config: STHSepNetConfig, device: torch.device) -> 
     return device.type == "cpu" and config.seq_len >= BF16_MIN_SEQ_LEN and backends.probe("cpu_bf16").ok
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the valid entries only (missing targets carry no loss)."""
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Mean squared (``kind='mse'``) or absolute (``'mae'``) error over the valid entries only
+    (missing targets carry no loss)."""
     diff = torch.where(valid, pred - torch.nan_to_num(target), torch.zeros_like(pred))
-    return diff.square().sum() / valid.sum().clamp_min(1)
+    return (diff.square() if kind == "mse" else diff.abs()).sum() / valid.sum().clamp_min(1)
 
 
 def read_series(tc: TrainConfig, data: str | None = None) -> SensorSeries:
@@ -173,8 +179,11 @@ def read_series(tc: TrainConfig, data: str | None = None) -> SensorSeries:
                        zeros_missing=tc.missing_zeros(), header=tc.csv_header)
 
 
-def model_config(series: SensorSeries, tc: TrainConfig, overrides: dict[str, Any]) -> STHSepNetConfig:
-    """The model config for ``series``: protocol lengths, then the user's overrides."""
+def model_config(series: SensorSeries, tc: TrainConfig,
+                 overrides: dict[str, Any]) -> tuple[STHSepNetConfig, TrainConfig]:
+    """The model config for ``series`` (protocol lengths, then the user's overrides; sizes and
+    calendar channels from the data) and ``tc`` with the calendar channels that the model's
+    ``seasonal_residual`` / ``time_embedding_dim`` read added to its time features."""
     given = sorted(set(overrides) & set(DATA_FIELDS))
     if given:
         raise ValueError(f"{given} are read from the data, not set by hand")
@@ -182,8 +191,39 @@ def model_config(series: SensorSeries, tc: TrainConfig, overrides: dict[str, Any
     values.update(overrides)
     if values.get("backbone", EMBEDDED_BACKBONE) != EMBEDDED_BACKBONE:
         values["backbone"] = str(Path(values["backbone"]).expanduser().resolve())
-    in_features = series.values.shape[2] + len(tc.time_feature_list())
-    return STHSepNetConfig(num_nodes=series.num_nodes, in_features=in_features, **values)
+    names = tc.time_feature_list()
+    defaults = STHSepNetConfig()
+    needs_calendar = values.get("seasonal_residual", defaults.seasonal_residual) or \
+        values.get("time_embedding_dim", defaults.time_embedding_dim)
+    if needs_calendar and "time_of_day" not in names:
+        names += tuple(n for n in TIME_FEATURES if n not in names)
+        tc = dataclasses.replace(tc, time_features=",".join(names))
+    data_features = series.values.shape[2]
+    channels = {f"{name}_channel": data_features + names.index(name) if name in names else None
+                for name in TIME_FEATURES}
+    config = STHSepNetConfig(num_nodes=series.num_nodes, in_features=data_features + len(names),
+                             slots_per_day=calendar(series, tc.steps_per_day).per_day, **channels, **values)
+    return config, tc
+
+
+# the seasonal profile is by week slot only when the training split holds at least this many weeks
+# (with one, every week slot is seen once and the training targets' residuals would be zero)
+PROFILE_MIN_WEEKS = 2
+
+
+def fit_seasonal_profile(model: STHSepNet, data: SplitData, steps_per_day: int | None) -> None:
+    """Set the model's seasonal profile, in its scaled units: the training split's per-node means of
+    the target by week slot, or by time of day (the same for every weekday) when the split holds
+    fewer than :data:`PROFILE_MIN_WEEKS` weeks or the input has no weekday channel."""
+    values = data.series.values[:data.boundaries[0], :, data.target_feature].astype(np.float64)
+    cal = calendar(data.series, steps_per_day)
+    has_weekday = model.config.day_of_week_channel is not None
+    weekly = has_weekday and len(values) >= PROFILE_MIN_WEEKS * 7 * cal.per_day
+    table = seasonal_profile(values, cal, weekly=weekly)
+    if has_weekday and not weekly:
+        table = np.tile(table, (7, 1))
+    mean, std = (t.numpy().astype(np.float64) for t in data.target_scale())
+    model.set_seasonal_profile(((table - mean) / std).astype(np.float32))
 
 
 @torch.no_grad()
@@ -233,9 +273,12 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _run_meta(data: SplitData, tc: TrainConfig, config: STHSepNetConfig) -> dict[str, Any]:
-    """What every checkpoint of a run records besides its epoch (computed once per run)."""
+def _run_meta(data: SplitData, tc: TrainConfig, config: STHSepNetConfig,
+              kept: np.ndarray | None) -> dict[str, Any]:
+    """What every checkpoint of a run records besides its epoch (computed once per run); ``nodes``:
+    the data's nodes the model forecasts (None: all; else those --drop-dead-nodes kept)."""
     return {"scaler": data.scaler.to_dict(), "data_fingerprint": data.series.fingerprint(),
+            "nodes": None if kept is None else kept.tolist(),
             "data_source": data.series.source, "target_feature": data.target_feature,
             "train_config": tc.to_dict(),
             "backbone_fingerprint": backbone_fingerprint(config.backbone) if config.uses_llm else None}
@@ -258,15 +301,25 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     if tc.adjacency:
         series.adjacency = load_adjacency(tc.adjacency, series.num_nodes, ids=tc.adjacency_ids,
                                           weighting=tc.adjacency_weighting)
-    config = model_config(series, tc, model_overrides)
+    kept = None
+    if tc.drop_dead_nodes and (dead := unseen_nodes(series, tc.split_fractions())).size:
+        kept = np.setdiff1d(np.arange(series.num_nodes), dead)
+        if not kept.size:
+            raise ValueError(f"{series.source}: no node has a valid reading in the training split")
+        series = series.select_nodes(kept)
+        tqdm.write(f"left out {dead.size} node(s) with no valid reading in the training split: "
+                   f"{dead[:10].tolist()}{' ...' if dead.size > 10 else ''} (--drop-dead-nodes)")
+    config, tc = model_config(series, tc, model_overrides)
     data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature,
                    time_features=tc.time_feature_list(), steps_per_day=tc.steps_per_day)
-    run_meta = _run_meta(data, tc, config)
+    run_meta = _run_meta(data, tc, config, kept)
     zeros_missing, horizons = tc.missing_zeros(), PROTOCOLS[tc.protocol]["horizons"]
     device = resolve_device(tc.device)
 
     torch.manual_seed(tc.seed)
     model = STHSepNet(config, adjacency=data.series.adjacency if config.graph == "static" else None)
+    if config.seasonal_residual:
+        fit_seasonal_profile(model, data, tc.steps_per_day)
     mean, std = data.target_scale()
     if config.clamp:
         train_part = torch.from_numpy(data.series.values[: data.boundaries[0], :, config.target_feature])
@@ -304,7 +357,7 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
             x, y = x.to(device), y.to(device)
             with autocast:
                 pred = forward(x)
-            loss = masked_mse(pred.float(), (y - mean_d) / std_d, valid_mask(y, zeros_missing))
+            loss = masked_loss(pred.float(), (y - mean_d) / std_d, valid_mask(y, zeros_missing), tc.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.clip > 0:
@@ -406,6 +459,11 @@ def _series_for_checkpoint(meta: dict, data: str | None) -> tuple[SensorSeries, 
     read as in training and of the checkpoint's N and F."""
     tc = TrainConfig(**meta["train_config"])
     series = read_series(tc, data)
+    if meta.get("nodes") is not None:
+        if max(meta["nodes"]) >= series.num_nodes:
+            raise ckpt.CheckpointError(f"the checkpoint forecasts nodes {meta['nodes'][:5]}... of a larger "
+                                       f"network; {series.source} has N={series.num_nodes}")
+        series = series.select_nodes(meta["nodes"])
     config = STHSepNetConfig.from_dict(meta["config"])
     features = series.values.shape[2] + len(tc.time_feature_list())
     if (series.num_nodes, features) != (config.num_nodes, config.in_features):
@@ -458,6 +516,8 @@ def predict(checkpoint: str | Path, data: str, out: str | Path, device: str = "a
             preds.append(model(x.to(dev)).float().cpu() * std + mean)
     forecasts = torch.cat(preds).numpy()
     result = {"forecast": forecasts[-1], "window_starts": starts.numpy()}
+    if meta.get("nodes") is not None:
+        result["nodes"] = np.asarray(meta["nodes"])              # the data's node of each column
     if all_windows:
         result["window_forecasts"] = forecasts
     if series.timestamps is not None and series.num_steps > 1:

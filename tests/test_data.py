@@ -365,18 +365,13 @@ def test_error_adjacency_negative_or_nan(tmp_path):
     _raises(path, "finite", load_adjacency, path, 2)
 
 
-def test_error_all_nan_node(tmp_path):
-    data = _values(5, 4)
-    data[:, 2] = np.nan
+def test_a_series_with_no_valid_reading_is_an_error(tmp_path):
     path = tmp_path / "dead.npz"
-    np.savez(path, data=data)
-    _raises(path, r"node\(s\) \[2\]", load_series, path)
-    # a node of zeros is dead once zeros are missing
-    data = _values(5, 4)
-    data[:, 1] = 0.0
-    np.savez(path, data=data)
+    np.savez(path, data=np.zeros((5, 4), np.float32))
     load_series(path)
-    _raises(path, r"node\(s\) \[1\]", load_series, path, zeros_missing=True)
+    _raises(path, "no node has a valid reading", load_series, path, zeros_missing=True)
+    np.savez(path, data=np.full((5, 4), np.nan, np.float32))
+    _raises(path, "no node has a valid reading", load_series, path)
 
 
 def test_error_inf_values(tmp_path):
@@ -657,12 +652,23 @@ def test_unreadable_contents_name_the_file(tmp_path):
     _raises(objects, "objects.npz", load_series, objects)
 
 
-def test_a_node_unseen_in_training_is_an_error(tmp_path):
-    values = np.random.default_rng(0).random((100, 3)).astype(np.float32)
+def test_nodes_unseen_in_training_are_kept_with_a_warning_and_the_pooled_scale(tmp_path):
+    from sthfast.data import DataWarning
+
+    values = 10 + np.random.default_rng(0).random((100, 4)).astype(np.float32)
     values[:80, 1] = np.nan                                 # node 1 only reports in val / test
-    series = load_series(_write_npz(tmp_path, values))
-    with pytest.raises(DataError, match=r"node\(s\) \[1\] have no valid reading in the training split"):
-        prepare(series, 4, 2)
+    values[:, 3] = 0.0                                      # node 3 is dead once zeros are missing
+    series = load_series(_write_npz(tmp_path, values), zeros_missing=True)
+    with pytest.warns(DataWarning, match=r"2 of 4 node\(s\) have no valid reading in the training split \(steps 0..69\): \[1, 3\]"):
+        data = prepare(series, 4, 2)
+    train = values[:70, [0, 2]]
+    assert np.allclose(data.scaler.mean[[1, 3], 0], train.mean(), atol=1e-5)     # the other nodes' pooled scale
+    assert np.allclose(data.scaler.std[[1, 3], 0], train.std(), atol=1e-5)
+    x, y, _ = data.test.batch(torch.arange(len(data.test)))
+    assert torch.isfinite(x).all() and torch.isnan(y[..., 3]).all() and torch.isfinite(y[..., 1]).all()
+    from sthfast.baselines import SeasonalAverage
+
+    assert torch.isfinite(SeasonalAverage(data, steps_per_day=10).forecast_by_step).all()
 
 
 def _write_npz(tmp_path, values):

@@ -204,14 +204,26 @@ def test_diverged_training_is_a_clear_error(tiny_backbones, tmp_path, monkeypatc
         _tiny_train(tiny_backbones, tmp_path / "nan", epochs=1)
 
 
-def test_masked_mse_ignores_missing_targets():
+def test_masked_losses_ignore_missing_targets():
     from sthfast.metrics import valid_mask
-    from sthfast.training import masked_mse
+    from sthfast.training import masked_loss
 
     pred = torch.tensor([[1.0, 2.0, 3.0]])
     target = torch.tensor([[2.0, float("nan"), 0.0]])
-    assert masked_mse(pred, target, valid_mask(target, False)).item() == pytest.approx((1 + 9) / 2)
-    assert masked_mse(pred, target, valid_mask(target, True)).item() == pytest.approx(1.0)
+    assert masked_loss(pred, target, valid_mask(target, False)).item() == pytest.approx((1 + 9) / 2)
+    assert masked_loss(pred, target, valid_mask(target, True)).item() == pytest.approx(1.0)
+    assert masked_loss(pred, target, valid_mask(target, False), "mae").item() == pytest.approx((1 + 3) / 2)
+    assert masked_loss(pred, target, valid_mask(target, True), "mae").item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="loss='huber'"):
+        TrainConfig(loss="huber")
+
+
+def test_the_mae_loss_trains_and_is_recorded(tiny_backbones, tmp_path):
+    mse = _tiny_train(tiny_backbones, tmp_path / "mse", epochs=1)
+    mae = _tiny_train(tiny_backbones, tmp_path / "mae", epochs=1, loss="mae")
+    assert mae["history"][0]["train_loss"] != mse["history"][0]["train_loss"]
+    saved = json.loads((tmp_path / "mae/checkpoint/last/meta.json").read_text())
+    assert saved["train_config"]["loss"] == "mae"
 
 
 def test_python_api_train_with_time_features(tiny_backbones, tmp_path):
@@ -279,3 +291,33 @@ def test_bf16_default_is_on_only_for_bf16_cpus_from_48_steps(monkeypatch):
         assert use_bf16(TrainConfig(), long, cpu) is has
         assert not use_bf16(TrainConfig(), short, cpu) and not use_bf16(TrainConfig(), long, cuda)
         assert use_bf16(TrainConfig(bf16=True), short, cpu) and not use_bf16(TrainConfig(bf16=False), long, cpu)
+
+
+def test_dead_nodes_are_kept_by_default_and_dropped_on_request(tiny_backbones, tmp_path):
+    from sthfast.data import DataWarning
+    from sthfast.training import evaluate, predict
+
+    rng = np.random.default_rng(0)
+    values = (5 + np.sin(np.arange(400) / 10)[:, None] + rng.random((400, 6))).astype(np.float32)
+    values[:, 2] = 0.0                       # a grid cell with no trips: dead once zeros are missing
+    values[:300, 4] = np.nan                 # reports only in the test split
+    path = tmp_path / "cells.npz"
+    np.savez(path, data=values)
+    small = dict(backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
+                 skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only")
+
+    def run(name, **fields):
+        tc = TrainConfig(data=str(path), protocol="standard", epochs=1, batch_size=8, plots=False, threads=1,
+                         out=str(tmp_path / name), **fields)
+        return train(tc, **small)
+
+    with pytest.warns(DataWarning, match=r"\[2, 4\]"):
+        kept_all = run("all")
+    assert kept_all["num_nodes"] == 6 and np.isfinite(kept_all["test"]["model"]["all"]["mae"])
+    dropped = run("dropped", drop_dead_nodes=True)
+    assert dropped["num_nodes"] == 4
+    meta = json.loads((tmp_path / "dropped/checkpoint/best/meta.json").read_text())
+    assert meta["nodes"] == [0, 1, 3, 5]
+    assert evaluate(tmp_path / "dropped")["model"]["all"]["mae"] == pytest.approx(dropped["test"]["model"]["all"]["mae"])
+    forecast = predict(tmp_path / "dropped", str(path), tmp_path / "f.npz")
+    assert forecast["forecast"].shape == (12, 4) and forecast["nodes"].tolist() == [0, 1, 3, 5]

@@ -1,8 +1,9 @@
 """Calendar positions of a series' steps (time-of-day slot, weekday), shared by the seasonal
-baseline and the optional time-feature input channels."""
+baseline, the model's seasonal profile and the optional time-feature input channels."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,3 +49,32 @@ def calendar(series: SensorSeries, steps_per_day: int | None = None) -> Calendar
         per_day = steps_per_day or DEFAULT_STEPS_PER_DAY
         day_slot, weekday = steps % per_day, (steps // per_day) % 7
     return Calendar(day_slot.astype(np.int64), weekday.astype(np.int64), int(per_day))
+
+
+def seasonal_profile(values: np.ndarray, cal: Calendar, weekly: bool = True) -> np.ndarray:
+    """Per-node means of ``values [T', N]`` (the first ``T'`` steps of the series ``cal`` describes,
+    NaN = missing) by week slot (``weekday * per_day + time-of-day slot``; ``weekly=False``: by
+    time-of-day slot): ``[7 per_day or per_day, N]`` float64. A week slot never observed takes its
+    time of day's mean, a time of day never observed the node's mean, and a node never observed
+    the other nodes' mean at that time of day."""
+    n = len(values)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)                     # all-NaN nodes
+        node_mean = np.nanmean(values, axis=0)
+        day = _slot_means(values, cal.day_slot[:n], cal.per_day, node_mean)
+        day = np.where(np.isnan(day), np.nanmean(day, axis=1, keepdims=True), day)
+    if not weekly:
+        return day
+    week = _slot_means(values, (cal.weekday * cal.per_day + cal.day_slot)[:n], 7 * cal.per_day, None)
+    return np.where(np.isnan(week), np.tile(day, (7, 1)), week)
+
+
+def _slot_means(values: np.ndarray, slots: np.ndarray, num_slots: int, fallback) -> np.ndarray:
+    sums = np.zeros((num_slots, values.shape[1]))
+    counts = np.zeros((num_slots, values.shape[1]))
+    observed = np.isfinite(values)
+    np.add.at(sums, slots, np.where(observed, values, 0.0))
+    np.add.at(counts, slots, observed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    return means if fallback is None else np.where(counts > 0, means, fallback)

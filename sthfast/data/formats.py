@@ -25,6 +25,10 @@ class DataError(ValueError):
     """A data file that cannot be used; the message names the file and the problem."""
 
 
+class DataWarning(UserWarning):
+    """A data file that can be used, with a problem the run works around (named in the message)."""
+
+
 @dataclass
 class SensorSeries:
     """A network's series: ``values [T, N, F]`` float32 (NaN = missing), optional
@@ -43,6 +47,13 @@ class SensorSeries:
     @property
     def num_nodes(self) -> int:
         return self.values.shape[1]
+
+    def select_nodes(self, keep: np.ndarray | list[int]) -> "SensorSeries":
+        """The series of nodes ``keep`` only (values, adjacency and ids), in that order."""
+        keep = np.asarray(keep, dtype=np.int64)
+        adjacency = None if self.adjacency is None else self.adjacency[np.ix_(keep, keep)]
+        ids = None if self.node_ids is None else self.node_ids[keep]
+        return SensorSeries(self.values[:, keep], self.source, self.timestamps, adjacency, ids)
 
     def fingerprint(self) -> str:
         """SHA-256 of the values (NaN-aware) and shape: identifies the data a checkpoint saw."""
@@ -106,9 +117,8 @@ def _check_series(series: SensorSeries) -> None:
     v = series.values
     if np.isinf(v).any():
         raise DataError(f"{series.source}: contains inf values")
-    dead = np.flatnonzero(np.isnan(v).all(axis=(0, 2)))
-    if dead.size:
-        raise DataError(f"{series.source}: node(s) {dead[:10].tolist()} have no valid reading at all")
+    if v.shape[1] and np.isnan(v).all():
+        raise DataError(f"{series.source}: no node has a valid reading (every value is missing)")
     if series.timestamps is not None and len(series.timestamps) != v.shape[0]:
         raise DataError(f"{series.source}: {len(series.timestamps)} timestamps for {v.shape[0]} steps")
     if series.adjacency is not None and series.adjacency.shape != (v.shape[1],) * 2:

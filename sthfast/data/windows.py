@@ -4,6 +4,7 @@ split only, and lazy sliding windows (one shared tensor, no copy of every window
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,21 +12,27 @@ import torch
 from torch.utils.data import Dataset
 
 from .calendar import calendar
-from .formats import DataError, SensorSeries
+from .formats import DataError, DataWarning, SensorSeries
 
 
 @dataclass
 class Scaler:
     """Per-node, per-feature z-score: ``mean, std [N, F]``, fitted on the training split ignoring
-    missing values (a constant node gets std 1)."""
+    missing values (a constant node gets std 1; a node with no reading the other nodes' pooled
+    mean and std, so that it is forecast on their scale)."""
 
     mean: np.ndarray
     std: np.ndarray
 
     @classmethod
     def fit(cls, values: np.ndarray) -> "Scaler":
-        mean = np.nanmean(values, axis=0)                               # [N, F]
-        std = np.nanstd(values, axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)                 # all-NaN columns
+            mean = np.nanmean(values, axis=0)                               # [N, F]
+            std = np.nanstd(values, axis=0)
+            unseen = np.isnan(mean)
+            mean = np.where(unseen, np.nanmean(values, axis=(0, 1)), mean)
+            std = np.where(unseen, np.nanstd(values, axis=(0, 1)), std)
         std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
         return cls(np.nan_to_num(mean).astype(np.float32), std.astype(np.float32))
 
@@ -84,6 +91,18 @@ class SplitData:
         return torch.from_numpy(self.scaler.mean[:, f]), torch.from_numpy(self.scaler.std[:, f])
 
 
+def split_boundaries(steps: int, split: tuple[float, float, float]) -> tuple[int, int]:
+    """The first validation and the first test step of a series of ``steps`` steps."""
+    return (math.floor(steps * split[0] + 1e-9),           # 0.7 * 40 is 27.999... in floating point
+            math.floor(steps * (split[0] + split[1]) + 1e-9))
+
+
+def unseen_nodes(series: SensorSeries, split: tuple[float, float, float]) -> np.ndarray:
+    """Nodes without a single valid reading (any feature) in the training split."""
+    first_val = split_boundaries(series.num_steps, split)[0]
+    return np.flatnonzero(np.isnan(series.values[:first_val]).all(axis=(0, 2)))
+
+
 def model_inputs(series: SensorSeries, scaler: Scaler, time_features: tuple[str, ...] = (),
                  steps_per_day: int | None = None) -> torch.Tensor:
     """``[T, N, F + len(time_features)]`` float32: the scaled series with missing inputs at 0 (the
@@ -107,25 +126,28 @@ def prepare(series: SensorSeries, seq_len: int, pred_len: int,
 
     A window belongs to the split that holds all of its ``pred_len`` targets; validation and test
     inputs may reach back into the previous split (as BasicTS and the authors do). A node with no
-    valid reading in the training split is an error (it could be neither scaled nor learned).
+    valid reading in the training split is kept with a :class:`DataWarning` naming it.
     """
     if len(split) != 3 or min(split) < 0 or not np.isclose(sum(split), 1.0) or split[0] <= 0:
         raise DataError(f"{series.source}: split {split} must be three non-negative fractions summing to 1")
     if not 0 <= target_feature < series.values.shape[2]:
         raise DataError(f"{series.source}: target feature {target_feature} not in 0..{series.values.shape[2] - 1}")
     steps, window = series.num_steps, seq_len + pred_len
-    first_val = math.floor(steps * split[0] + 1e-9)      # 0.7 * 40 is 27.999... in floating point
-    first_test = math.floor(steps * (split[0] + split[1]) + 1e-9)
+    first_val, first_test = split_boundaries(steps, split)
     ranges = {"train": (0, first_val - window), "val": (first_val - seq_len, first_test - window),
               "test": (first_test - seq_len, steps - window)}
     for name, (lo, hi) in ranges.items():
         if hi < max(lo, 0):
             raise DataError(f"{series.source}: {steps} steps leave no {name} window of "
                             f"{seq_len} + {pred_len} steps with split {split}")
-    unseen = np.flatnonzero(np.isnan(series.values[:first_val]).all(axis=(0, 2)))
+    unseen = unseen_nodes(series, split)
     if unseen.size:
-        raise DataError(f"{series.source}: node(s) {unseen[:10].tolist()} have no valid reading in the "
-                        f"training split (steps 0..{first_val - 1})")
+        more = f" and {unseen.size - 10} more" if unseen.size > 10 else ""
+        warnings.warn(DataWarning(
+            f"{series.source}: {unseen.size} of {series.num_nodes} node(s) have no valid reading in the "
+            f"training split (steps 0..{first_val - 1}): {unseen[:10].tolist()}{more}. They are kept, scaled "
+            "by the other nodes' statistics and forecast from them; their missing targets count in no "
+            "loss or metric (sthfast train --drop-dead-nodes leaves them out)"), stacklevel=2)
     if scaler is None:
         scaler = Scaler.fit(series.values[:first_val])
     elif scaler.mean.shape != series.values.shape[1:]:

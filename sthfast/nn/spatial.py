@@ -123,7 +123,7 @@ class KNNHypergraph(nn.Module):
         self.embedding = nn.Embedding(c.num_nodes, c.node_emb_dim)
         self.linear = nn.Linear(c.node_emb_dim, c.node_emb_dim)
         if self.mode == "dynamic":
-            self.window_linear = nn.Linear(c.in_features * window, c.node_emb_dim)
+            self.window_linear = nn.Linear(c.spatial_in_features * window, c.node_emb_dim)
         if self.mode == "binary":
             self.requires_grad_(False)
 
@@ -193,8 +193,8 @@ class SpatialStream(nn.Module):
         self.branch_logit = nn.Parameter(torch.zeros(layers)) if both else None
 
         mix_in = c.conv_channels * (c.gcn_depth + 1)
-        self.start = nn.Conv2d(c.in_features, c.residual_channels, 1)
-        self.skip_in = nn.Conv2d(c.in_features, c.skip_channels, (1, self.window))
+        self.start = nn.Conv2d(c.spatial_in_features, c.residual_channels, 1)
+        self.skip_in = nn.Conv2d(c.spatial_in_features, c.skip_channels, (1, self.window))
         self.filters, self.gates, self.skips, self.norms = (nn.ModuleList() for _ in range(4))
         self.graph_out, self.graph_in, self.hyper_mix, self.residual = (nn.ModuleList() for _ in range(4))
         for j in range(1, layers + 1):

@@ -1,0 +1,180 @@
+"""The calendar options: week slots decoded from the input's calendar channels, the seasonal
+residual (profile off the inputs, back onto the forecast), learned time embeddings, and how
+`sthfast train` wires them (channels, profile fitted on the training split, checkpoints)."""
+
+import numpy as np
+import pytest
+import torch
+
+from sthfast import STHSepNet, STHSepNetConfig
+from sthfast.baselines import SeasonalAverage
+from sthfast.data import load_series, prepare
+from sthfast.data.calendar import calendar, seasonal_profile
+from sthfast.nn.calendar import CalendarSlots
+
+PER_DAY = 6
+
+
+def calendar_config(small_config, **overrides):
+    values = dict(in_features=3, time_of_day_channel=1, day_of_week_channel=2, slots_per_day=PER_DAY)
+    values.update(overrides)
+    return small_config(**values)
+
+
+def calendar_batch(config, first_steps, seed=0):
+    """``[B, T, N, 3]``: a random target, then the time of day and weekday / 7 of windows whose
+    first step is ``first_steps[b]`` (step 0 = Monday, slot 0)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(first_steps), config.seq_len, config.num_nodes, 3, generator=g)
+    steps = torch.as_tensor(first_steps)[:, None] + torch.arange(config.seq_len)
+    x[..., 1] = ((steps % PER_DAY) / PER_DAY)[..., None]
+    x[..., 2] = (((steps // PER_DAY) % 7) / 7)[..., None]
+    return x, steps
+
+
+@pytest.mark.parametrize("weekly", [True, False])
+def test_slots_are_decoded_from_the_calendar_channels(small_config, weekly):
+    c = calendar_config(small_config, seasonal_residual=True,
+                        **({} if weekly else dict(day_of_week_channel=None)))
+    x, steps = calendar_batch(c, [0, 5, 41, 7 * PER_DAY - 3, 200])
+    slots = CalendarSlots(c)
+    period = 7 * PER_DAY if weekly else PER_DAY
+    assert slots.num_slots == period
+    last = slots.last(x)
+    assert torch.equal(last, steps[:, -1] % period)
+    ahead = torch.arange(1, c.pred_len + 1)
+    assert torch.equal(slots.around(last, ahead), (steps[:, -1:] + ahead) % period)   # wraps the week
+
+
+def test_a_zero_profile_changes_nothing_and_a_profile_is_removed_then_restored(small_config):
+    torch.manual_seed(0)
+    plain = STHSepNet(calendar_config(small_config))
+    torch.manual_seed(0)
+    seasonal = STHSepNet(calendar_config(small_config, seasonal_residual=True))
+    seasonal.eval(), plain.eval()
+    c = seasonal.config
+    x, steps = calendar_batch(c, [3, 17, 60])
+    with torch.no_grad():
+        assert torch.allclose(seasonal(x), plain(x), atol=1e-6)            # same weights, zero profile
+        profile = torch.randn(7 * PER_DAY, c.num_nodes, generator=torch.Generator().manual_seed(1))
+        seasonal.set_seasonal_profile(profile)
+        week = 7 * PER_DAY
+        deseasonalised = x.clone()
+        deseasonalised[..., 0] -= profile[steps % week]
+        horizon = steps[:, -1:] + torch.arange(1, c.pred_len + 1)
+        expected = plain(deseasonalised) + profile[horizon % week]
+        assert torch.allclose(seasonal(x), expected, atol=1e-5)
+
+
+def test_the_seasonal_model_trains_and_the_profile_is_not_a_parameter(small_config):
+    model = STHSepNet(calendar_config(small_config, seasonal_residual=True))
+    assert "seasonal.profile" in model.state_dict()
+    assert not any("profile" in name for name, _ in model.named_parameters())
+    x, _ = calendar_batch(model.config, [0, 9])
+    model(x).pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_time_embeddings_widen_the_spatial_input_and_get_gradients(small_config):
+    c = calendar_config(small_config, time_embedding_dim=4)
+    assert c.spatial_in_features == 3 + 8
+    model = STHSepNet(c)
+    x, _ = calendar_batch(c, [0, 30, 77])
+    model(x).pow(2).mean().backward()
+    for table in (model.time_embedding.time_of_day, model.time_embedding.day_of_week):
+        assert table.weight.grad is not None and table.weight.grad.abs().sum() > 0
+    # rows of slots that occur in the batch get gradient, others none
+    used = set((torch.arange(c.seq_len) + torch.tensor([0, 30, 77])[:, None]).remainder(PER_DAY).flatten().tolist())
+    unused = sorted(set(range(PER_DAY)) - used)
+    assert all(model.time_embedding.time_of_day.weight.grad[s].abs().sum() == 0 for s in unused)
+    no_weekday = calendar_config(small_config, time_embedding_dim=4, day_of_week_channel=None)
+    assert no_weekday.spatial_in_features == 3 + 4 and STHSepNet(no_weekday).time_embedding.day_of_week is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(seasonal_residual=True, time_of_day_channel=None), "set time_of_day_channel"),
+    (dict(time_embedding_dim=2, time_of_day_channel=None), "set time_of_day_channel"),
+    (dict(time_of_day_channel=3), r"must be an input feature \(< in_features=3\)"),
+    (dict(time_of_day_channel=0), "other than target_feature=0"),
+    (dict(day_of_week_channel=1), "must differ"),
+    (dict(time_embedding_dim=-1), "time_embedding_dim=-1 must be >= 0"),
+    (dict(slots_per_day=0), "slots_per_day=0 must be >= 1"),
+])
+def test_bad_calendar_configs_say_what_is_wrong(small_config, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        calendar_config(small_config, **overrides)
+
+
+def test_set_seasonal_profile_checks_its_input(small_config):
+    with pytest.raises(ValueError, match="seasonal_residual=True"):
+        STHSepNet(calendar_config(small_config)).set_seasonal_profile(torch.zeros(7 * PER_DAY, 11))
+    model = STHSepNet(calendar_config(small_config, seasonal_residual=True))
+    with pytest.raises(ValueError, match=r"shape \[42, 11\]"):
+        model.set_seasonal_profile(torch.zeros(PER_DAY, 11))
+    with pytest.raises(ValueError, match="finite"):
+        model.set_seasonal_profile(torch.full((7 * PER_DAY, 11), float("nan")))
+
+
+def test_seasonal_profile_falls_back_to_the_time_of_day_then_the_node_mean(tmp_path):
+    per_day, days = 4, 3                                    # Monday .. Wednesday
+    values = np.arange(per_day * days * 2, dtype=np.float64).reshape(-1, 2)
+    values[1::per_day, 1] = np.nan                          # node 1 never seen at time-of-day slot 1
+    path = tmp_path / "s.npz"
+    np.savez(path, data=values.astype(np.float32))
+    cal = calendar(load_series(path), steps_per_day=per_day)
+    table = seasonal_profile(values, cal)
+    assert table.shape == (7 * per_day, 2)
+    assert table[per_day + 2, 0] == values[per_day + 2, 0]                       # Tuesday, slot 2
+    day_mean = values[2::per_day, 0].mean()
+    assert table[5 * per_day + 2, 0] == pytest.approx(day_mean)                  # Saturday: by time of day
+    assert table[1, 1] == pytest.approx(np.nanmean(values[:, 1]))                # never seen: node mean
+    assert np.allclose(seasonal_profile(values, cal, weekly=False)[2, 0], day_mean)
+
+
+def test_train_adds_the_calendar_channels_and_fits_the_profile_as_the_baseline(tiny_backbones, tmp_path):
+    from sthfast.training import TrainConfig, load_checkpoint, train
+
+    tc = TrainConfig(data="embedded", protocol="standard", epochs=1, max_batches=1, batch_size=4,
+                     out=str(tmp_path / "run"), plots=False, threads=1)
+    summary = train(tc, backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
+                    skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only",
+                    seasonal_residual=True, time_embedding_dim=2)
+    model, meta = load_checkpoint(tmp_path / "run")
+    c = model.config
+    assert meta["train_config"]["time_features"] == "time_of_day,day_of_week"
+    assert (c.in_features, c.time_of_day_channel, c.day_of_week_channel, c.slots_per_day) == (3, 1, 2, 288)
+    # five training days: the saved profile is the time-of-day table for every weekday, which is
+    # what the seasonal-average baseline forecasts for the test days (weekdays unseen in training)
+    series = load_series("embedded")
+    data = prepare(series, c.seq_len, c.pred_len)
+    mean, std = data.target_scale()
+    cal = calendar(series)
+    week_slot = torch.as_tensor(cal.weekday * cal.per_day + cal.day_slot)
+    restored = model.seasonal.profile[week_slot] * std + mean                    # [T, N]
+    day = seasonal_profile(series.values[:data.boundaries[0], :, 0].astype(np.float64), cal, weekly=False)
+    assert torch.allclose(restored, torch.from_numpy(day[cal.day_slot]).float(), rtol=1e-5, atol=1e-3)
+    test_steps = slice(data.boundaries[1], None)
+    assert torch.allclose(restored[test_steps], SeasonalAverage(data).forecast_by_step[test_steps], rtol=1e-5, atol=1e-3)
+    assert np.isfinite(summary["test"]["model"]["all"]["mae"])
+
+
+@pytest.mark.parametrize("weeks, weekly", [(3, True), (2, False)])
+def test_the_profile_is_weekly_only_from_two_training_weeks(small_config, tmp_path, weeks, weekly):
+    from sthfast.training import fit_seasonal_profile
+
+    steps = weeks * 7 * PER_DAY
+    rng = np.random.default_rng(0)
+    values = rng.random((steps, 11)).astype(np.float32) + (np.arange(steps) // PER_DAY % 7 == 5)[:, None]
+    path = tmp_path / "weeks.npz"
+    np.savez(path, data=values)
+    series = load_series(path)
+    model = STHSepNet(calendar_config(small_config, seasonal_residual=True))
+    data = prepare(series, model.config.seq_len, model.config.pred_len)
+    fit_seasonal_profile(model, data, PER_DAY)
+    cal = calendar(series, PER_DAY)
+    train = series.values[:data.boundaries[0], :, 0].astype(np.float64)
+    table = seasonal_profile(train, cal) if weekly else np.tile(seasonal_profile(train, cal, weekly=False), (7, 1))
+    mean, std = (t.numpy() for t in data.target_scale())
+    assert np.allclose(model.seasonal.profile.numpy() * std + mean, table, atol=1e-5)
+    saturday_ahead = model.seasonal.profile[5 * PER_DAY].mean() > model.seasonal.profile[0].mean() + 0.5
+    assert bool(saturday_ahead) is weekly
