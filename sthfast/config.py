@@ -71,6 +71,7 @@ class STHSepNetConfig:
     node_emb_dim: int = help_field(40, "Dimension d of the learned node embeddings (graph, hypergraph, node-wise gate).")
     hyper_k: int = help_field(3, "Each node and its hyper_k - 1 nearest neighbours in embedding space form one hyperedge (the node itself included). Must be <= num_nodes.")
     hyper_temperature: float = help_field(1.0, "Temperature of the membership softmax over minus the mean squared distance per embedding dimension (adaptive / dynamic hypergraph).")
+    hyper_order: str = help_field("fixed", "Hyperedge order: 'fixed' (every hyperedge weighs its hyper_k members with the one hyper_temperature) or 'adaptive' (a learned temperature per hyperedge: its weight can stay on its centre or spread over all hyper_k candidates, so each node's effective order, exp of the weights' entropy, is learned from the data).", choices=("fixed", "adaptive"))
     subgraph_size: int = help_field(20, "Neighbours kept per row of the first-order adaptive graph (capped at num_nodes).")
     tanh_alpha: float = help_field(3.0, "Saturation rate alpha of the tanh in the graph and hypergraph constructors.")
     conv_channels: int = help_field(32, "Channels of the dilated inception convolutions (a multiple of 4).")
@@ -136,6 +137,9 @@ class STHSepNetConfig:
             raise ValueError(f"seq_len={self.seq_len} is shorter than patch_len={self.patch_len}: no patch fits")
         if self.hyper_k > self.num_nodes:
             raise ValueError(f"hyper_k={self.hyper_k} is larger than num_nodes={self.num_nodes}")
+        if self.hyper_order == "adaptive" and self.hypergraph not in ("adaptive", "dynamic"):
+            raise ValueError(f"hyper_order='adaptive' learns membership temperatures: it needs hypergraph "
+                             f"'adaptive' or 'dynamic', not {self.hypergraph!r}")
         if self.hyper_rebuild_every > 1 and self.hypergraph == "dynamic":
             raise ValueError(f"hyper_rebuild_every={self.hyper_rebuild_every} needs a shared hypergraph: "
                              "'dynamic' builds one per input window")

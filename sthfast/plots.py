@@ -93,7 +93,7 @@ def _hypergraph(path: Path, model) -> None:
         with torch.no_grad():
             z = hyper.node_features(None).float().cpu()
             incidence = reference.knn_hypergraph(z, hyper.k, binary=hyper.mode == "binary",
-                                                 temperature=hyper.temperature).numpy()
+                                                 temperature=hyper.temperatures()).numpy()
         edges = incidence[:, incidence.sum(0) > 0]                                   # [N, M]
         sizes = (edges > 0).sum(0)
         left.hist(sizes, bins=np.arange(sizes.min(), sizes.max() + 2) - 0.5)

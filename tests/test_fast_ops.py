@@ -114,6 +114,33 @@ def mixprop_outputs_and_grads(backend, z, x, k, binary=False, depth=2, beta=0.05
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("batch", [None, 2])
+def test_per_hyperedge_temperatures_equal_reference_with_gradients(backend, batch):
+    """A learned temperature per hyperedge (hyper_order='adaptive'): incidence, MixProp output and
+    the gradients in z, x and the temperatures equal the reference's; equal temperatures give the
+    scalar temperature's hypergraph."""
+    n, k = 17, 4
+    z0 = points(n, 5, torch.float64, seed=3, batch=batch)
+    x0 = torch.randn(2, 3, n, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t0 = torch.rand(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 + 0.05
+
+    def run(name):
+        z, x, t = (v.detach().clone().requires_grad_() for v in (z0, x0, t0))
+        h = ops.knn_hypergraph(z, k, temperature=t, backend=name)
+        y = ops.hypergraph_mixprop(x, h, 2, 0.05, backend=name)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return (h if name == "reference" else as_dense_incidence(h)), y, z.grad, x.grad, t.grad
+
+    for fast, ref in zip(run(backend), run("reference")):
+        torch.testing.assert_close(fast, ref, **tolerance(torch.float64))
+    same = ops.knn_hypergraph(z0, k, temperature=torch.full((n,), 0.7, dtype=torch.float64), backend=backend)
+    torch.testing.assert_close(as_dense_incidence(same),
+                               as_dense_incidence(ops.knn_hypergraph(z0, k, temperature=0.7, backend=backend)))
+    with pytest.raises(ValueError, match=r"temperature \[3\] must be a number or \[N\] = \[17\]"):
+        ops.knn_hypergraph(z0, k, temperature=torch.ones(3), backend=backend)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ["shared", "dynamic", "binary", "duplicates", "k_equals_n", "one_node"])
 def test_hypergraph_mixprop_equals_reference(backend, dtype, case):

@@ -63,7 +63,8 @@ def _trainable(model):
 
 @pytest.mark.parametrize("overrides", [dict(), dict(hypergraph="dynamic", fusion="attention"),
                                         dict(reprogramming=True, fusion="lstm"),
-                                        dict(fusion="dense_gate", graph="none")])
+                                        dict(fusion="dense_gate", graph="none"),
+                                        dict(hyper_order="adaptive", hyper_k=5)])
 def test_gradient_reaches_every_trainable_parameter_and_no_frozen_one(small_config, overrides):
     c = small_config(**overrides)
     model = STHSepNet(c)
@@ -246,3 +247,27 @@ def test_default_model_with_minilm_prompt_and_reprogramming():
     assert y.shape == (2, 12, 9)
     y.sum().backward()
     assert model.temporal.statistics_embedding.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["reference", "sparse"])
+def test_adaptive_hyperedge_order_starts_as_the_fixed_one_and_learns_per_node(small_config, backend):
+    from sthfast.reference import effective_order, membership_weights, topk_neighbors
+
+    torch.manual_seed(0)
+    fixed = STHSepNet(small_config(hyper_k=5, backend=backend))
+    torch.manual_seed(0)
+    adaptive = STHSepNet(small_config(hyper_k=5, hyper_order="adaptive", backend=backend))
+    x = batch(fixed.config)
+    assert torch.allclose(adaptive(x), fixed(x), atol=1e-6)
+    hyper = adaptive.spatial.hypergraph
+    assert hyper.log_temperature.shape == (11,)
+    adaptive(x).pow(2).mean().backward()
+    assert hyper.log_temperature.grad.abs().sum() > 0
+    with torch.no_grad():                       # one hyperedge cold, one hot: orders ~1 and ~k
+        hyper.log_temperature[0], hyper.log_temperature[1] = -20.0, 20.0
+        z = hyper.node_features(None)
+        weights = membership_weights(z, topk_neighbors(z, z, 5, "l2", True), False, hyper.temperatures())
+        order = effective_order(weights)
+    assert order[0] == pytest.approx(1.0, abs=1e-3) and order[1] == pytest.approx(5.0, abs=1e-3)
+    with pytest.raises(ValueError, match="hyper_order='adaptive' .* not 'binary'"):
+        small_config(hyper_order="adaptive", hypergraph="binary")

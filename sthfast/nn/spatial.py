@@ -4,6 +4,8 @@ a hypergraph MixProp over KNN hyperedges of learned node features."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -120,6 +122,8 @@ class KNNHypergraph(nn.Module):
             self.register_buffer("neighbors", torch.zeros(c.num_nodes, c.hyper_k, dtype=torch.long))
             self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.frozen = EvalCache()
+        if c.hyper_order == "adaptive":      # one learned temperature per hyperedge, from the shared one
+            self.log_temperature = nn.Parameter(torch.full((c.num_nodes,), math.log(c.hyper_temperature)))
         self.embedding = nn.Embedding(c.num_nodes, c.node_emb_dim)
         self.linear = nn.Linear(c.node_emb_dim, c.node_emb_dim)
         if self.mode == "dynamic":
@@ -146,8 +150,12 @@ class KNNHypergraph(nn.Module):
             neighbors = self._neighbors(z)
         with stage("hyperedge_structure"):
             return ops.knn_hypergraph(z, self.k, binary=self.mode == "binary",
-                                      temperature=self.temperature, neighbors=neighbors,
+                                      temperature=self.temperatures(), neighbors=neighbors,
                                       backend=self.backend)
+
+    def temperatures(self) -> float | Tensor:
+        """The membership temperature: the config's, or the learned one per hyperedge ``[N]``."""
+        return self.log_temperature.exp() if hasattr(self, "log_temperature") else self.temperature
 
     def _neighbors(self, z: Tensor) -> Tensor:
         """``[..., N, k]`` hyperedge members, self first: searched now, or reused from the last

@@ -136,14 +136,17 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2", *,
     return impl(query, key, k, metric, self_first, approximate)
 
 
-def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0, *,
+def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float | Tensor = 1.0, *,
                    neighbors: Tensor | None = None, backend: str = "auto"):
     """Node features ``z[..., N, d]`` -> the merged KNN hypergraph: the reference returns the dense
     incidence ``H [..., N, N]``, the other backends ``H^T`` as :class:`sthfast.sparse.SparseRows`;
     see :func:`sthfast.reference.knn_hypergraph`. ``neighbors [..., N, k]`` (self first, from
     :func:`topk_neighbors` with ``self_first=True``) skips the search: the membership weights are
-    still computed from ``z``, so they stay differentiable."""
+    still computed from ``z``, so they stay differentiable. ``temperature``: a positive number or
+    one per hyperedge (``[N]``, positive)."""
     _check_points("z", z, k)
+    if isinstance(temperature, Tensor) and temperature.shape != (z.shape[-2],):
+        raise ValueError(f"temperature {list(temperature.shape)} must be a number or [N] = [{z.shape[-2]}]")
     if neighbors is not None and neighbors.shape != (*z.shape[:-1], k):
         raise ValueError(f"neighbors {list(neighbors.shape)} must be [..., N, k] = {[*z.shape[:-1], k]}")
     return _impl("knn_hypergraph", backend, z.device, z.shape[-2])(z, k, binary, temperature, neighbors)

@@ -6,11 +6,11 @@ Shapes are documented per function; ``...`` is an optional leading batch dimensi
 
 from .graph import adaptive_graph, adjacency_values, graph_operator, graph_propagate
 from .hypergraph import (apply_operator, hypergraph_halves, hypergraph_operator, hypergraph_propagate,
-                         knn_hypergraph, membership_weights, safe_reciprocal)
+                         effective_order, knn_hypergraph, membership_weights, safe_reciprocal)
 from .mixprop import mixprop
 from .neighbors import topk_neighbors
 from .pool_patch import pool_patch
 
 __all__ = ["adaptive_graph", "adjacency_values", "apply_operator", "graph_operator", "graph_propagate",
-           "hypergraph_halves", "hypergraph_operator", "hypergraph_propagate", "knn_hypergraph", "membership_weights",
+           "effective_order", "hypergraph_halves", "hypergraph_operator", "hypergraph_propagate", "knn_hypergraph", "membership_weights",
            "mixprop", "safe_reciprocal", "topk_neighbors", "pool_patch"]

@@ -8,7 +8,7 @@ from torch import Tensor
 from .neighbors import topk_neighbors
 
 
-def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float = 1.0,
+def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float | Tensor = 1.0,
                    neighbors: Tensor | None = None) -> Tensor:
     """Incidence of the hypergraph whose hyperedges are the nodes' k-nearest-neighbour sets.
 
@@ -22,6 +22,9 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
 
     Args:
         z: ``[N, d]`` or ``[B, N, d]`` node features.
+        temperature: a number, or one per hyperedge (``[N]``, e.g. learned: a small one keeps a
+            hyperedge's weight on its centre, a large one spreads it evenly over the ``k``
+            members, so each hyperedge's effective order is its own; see :func:`effective_order`).
         neighbors: ``[..., N, k]`` the hyperedges' members, self first, if already searched
             (e.g. reused from an earlier step); default: searched here.
     Returns:
@@ -40,16 +43,26 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float =
     return (merge @ member).transpose(-1, -2)                       # [..., v, e]
 
 
-def membership_weights(z: Tensor, idx: Tensor, binary: bool, temperature: float) -> Tensor:
-    """Weights of hyperedge e's members ``idx[..., e, :]``: ``softmax(-|z_v - z_e|^2 / (d T))`` over
-    the members (``[..., E, k]``), recomputed from gathered features in O(E k d) so that they are
-    differentiable in ``z``; all ones when ``binary``. Shared by every backend."""
+def membership_weights(z: Tensor, idx: Tensor, binary: bool, temperature: float | Tensor) -> Tensor:
+    """Weights of hyperedge e's members ``idx[..., e, :]``: ``softmax(-|z_v - z_e|^2 / (d T_e))`` over
+    the members (``[..., E, k]``; ``T`` a number or one per hyperedge, ``[E]``), recomputed from
+    gathered features in O(E k d) so that they are differentiable in ``z`` (and ``T``); all ones
+    when ``binary``. Shared by every backend."""
     if binary:
         return torch.ones(idx.shape, dtype=z.dtype, device=z.device)
     members = gather_rows(z, idx)                                   # [..., E, k, d]
     centres = z[..., :idx.shape[-2], :].unsqueeze(-2)               # hyperedge e is centred on node e
     dist2 = (members - centres).pow(2).sum(-1)                      # [..., E, k]
+    if isinstance(temperature, Tensor):
+        temperature = temperature.to(dist2.dtype).unsqueeze(-1)     # [E, 1]
     return torch.softmax(-dist2 / (z.shape[-1] * temperature), dim=-1)
+
+
+def effective_order(weights: Tensor) -> Tensor:
+    """``exp(entropy)`` of each hyperedge's membership weights ``[..., E, k]`` (summing to 1): 1 when
+    all weight is on one member, ``k`` when it is spread evenly: ``[..., E]``."""
+    p = weights.clamp_min(1e-12)
+    return torch.exp(-(weights * p.log()).sum(-1))
 
 
 def gather_rows(z: Tensor, idx: Tensor) -> Tensor:

@@ -63,7 +63,7 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
     propagator = (propagate.fused(mixprop) if mixprop is not None
                   else functools.partial(propagate.by_steps, spmm))
 
-    def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float,
+    def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float | Tensor,
                        neighbors: Tensor | None) -> SparseRows:
         idx = topk(z, z, k, "l2", True) if neighbors is None else neighbors
         return structure.merged_knn_hypergraph(z, idx, binary, temperature)

@@ -104,7 +104,7 @@ def with_self_loops(adjacency: Tensor) -> SparseRows:
     return from_entries(row, col, val, n, n)
 
 
-def merged_knn_hypergraph(z: Tensor, idx: Tensor, binary: bool, temperature: float) -> SparseRows:
+def merged_knn_hypergraph(z: Tensor, idx: Tensor, binary: bool, temperature: float | Tensor) -> SparseRows:
     """``H^T`` of the KNN hypergraph from the neighbour lists ``idx [..., N, k]`` (self first).
 
     The same hypergraph as :func:`sthfast.reference.knn_hypergraph`: hyperedges with equal node sets
