@@ -37,8 +37,9 @@ def _base_type(annotation) -> tuple[type, bool]:
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
-                        suppress_defaults: bool = False) -> None:
-    """One flag per field of ``cls`` with the field's help, type, choices and default."""
+                        suppress_defaults: bool = False, defaults: dict[str, Any] | None = None) -> None:
+    """One flag per field of ``cls`` with the field's help, type, choices and default (``defaults``:
+    the defaults to print where the command's differ from the field's)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
@@ -46,7 +47,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             continue
         kind, optional = _base_type(hints[f.name])
         # the formatter prints defaults of ordinary flags; model flags are suppressed, so say it here
-        default_text = f" (default: {f.default})" if suppress_defaults else ""
+        default_text = f" (default: {(defaults or {}).get(f.name, f.default)})" if suppress_defaults else ""
         kwargs: dict[str, Any] = {"help": f.metadata["help"] + default_text,
                                   "default": argparse.SUPPRESS if suppress_defaults else f.default}
         if f.metadata.get("choices"):
@@ -69,7 +70,7 @@ def _optional(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training import DATA_FIELDS, TrainConfig  # noqa: PLC0415
+    from .training import DATA_FIELDS, TRAIN_MODEL_DEFAULTS, TrainConfig  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="sthfast", description="STH-SepNet, fast: train, evaluate and "
                                      "forecast on sensor networks.")
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train on a dataset and evaluate on its test split",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_flags(train, TrainConfig)
-    add_dataclass_flags(train, STHSepNetConfig, skip=DATA_FIELDS, suppress_defaults=True)
+    add_dataclass_flags(train, STHSepNetConfig, skip=DATA_FIELDS, suppress_defaults=True,
+                        defaults=TRAIN_MODEL_DEFAULTS)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint beside the naive baselines")
     evaluate.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder")

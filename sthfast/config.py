@@ -46,7 +46,7 @@ class STHSepNetConfig:
     time_of_day_channel: int | None = help_field(None, "Input feature holding the time of day as a fraction of the day (as --time-features writes it); needed by seasonal_residual and time_embedding_dim.")
     day_of_week_channel: int | None = help_field(None, "Input feature holding the weekday / 7; without it the calendar has time-of-day slots only.")
     slots_per_day: int = help_field(288, "Time-of-day slots (steps per day) of the calendar channels.")
-    seasonal_residual: bool = help_field(False, "Forecast the deviation from a per-node seasonal profile (the training split's mean per week slot, as the seasonal-average baseline; sthfast train fits it, STHSepNet.set_seasonal_profile sets it): the profile is taken off the inputs' target feature and added to the forecast.")
+    seasonal_residual: bool = help_field(False, "Forecast the deviation from a per-node seasonal profile (the training split's mean per week slot, as the seasonal-average baseline; sthfast train fits it, STHSepNet.set_seasonal_profile sets it): the profile is taken off the inputs' target feature and added to the forecast. Off in the model API, on in sthfast train.")
     time_embedding_dim: int = help_field(0, "Width d of learned time-of-day and day-of-week embeddings appended to the spatial stream's input at every step (as STID); 0: none.")
 
     # --- temporal stream (pooled series -> patches -> LLM with LoRA) --------------------------

@@ -98,7 +98,9 @@ def test_predict_forecasts_after_the_end(trained_run, tmp_path, capsys):
 
 def test_from_checkpoint(trained_run):
     model = STHSepNet.from_checkpoint(trained_run)
-    assert model.config.num_nodes == 207 and model(torch.zeros(2, 12, 207)).shape == (2, 12, 207)
+    c = model.config      # sthfast train's default seasonal residual reads two calendar channels
+    assert (c.num_nodes, c.in_features, c.seasonal_residual) == (207, 3, True)
+    assert model(torch.zeros(2, 12, 207, 3)).shape == (2, 12, 207)
 
 
 def test_refusals(trained_run, tiny_backbones, tmp_path, capsys):

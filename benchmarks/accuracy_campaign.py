@@ -1,0 +1,132 @@
+"""The accuracy campaign: which runs, with which flags, on which data; runs them one after another.
+
+    python benchmarks/accuracy_campaign.py [--runs runs/accuracy] [--only PATTERN] [--list]
+
+Every run is ``sthfast train`` into ``RUNS/<dataset>/<variant>-seed<S>`` (a finished run, one with
+``metrics.json``, is skipped, so the campaign can be stopped and continued).
+``benchmarks/accuracy_table.py`` renders ACCURACY.md from the folders. Run nothing else meanwhile:
+two processes on 2 cores slow each other down by up to 10x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+SHARED = "../shared/data"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    title: str
+    args: tuple[str, ...]       # data and protocol flags
+    units: str
+
+
+# Count data (bikes, boardings) keeps its zeros as readings (--no-zeros-missing); the weekly
+# chickenpox series takes a year of 52 weeks as the calendar's "day", so the seasonal profile
+# and the seasonal baseline are by week of the year.
+DATASETS = (
+    Dataset("los-loop-paper", "LOS-LOOP, paper protocol (48 -> 48)",
+            ("--data", "embedded", "--protocol", "paper", "--epochs", "2"), "mph"),
+    Dataset("los-loop-standard", "LOS-LOOP, standard protocol (12 -> 12, zeros masked)",
+            ("--data", "embedded", "--protocol", "standard", "--epochs", "5", "--patience", "3"), "mph"),
+    Dataset("nycbike-out-12", "NYCBIKE1-TAIL departures, 12 -> 12",
+            ("--data", f"{SHARED}/NYCBIKE1-TAIL/nycbike1_tail.npz", "--protocol", "standard",
+             "--no-zeros-missing", "--target-feature", "0", "--epochs", "6", "--patience", "3"), "trips / h"),
+    Dataset("nycbike-in-12", "NYCBIKE1-TAIL arrivals, 12 -> 12",
+            ("--data", f"{SHARED}/NYCBIKE1-TAIL/nycbike1_tail.npz", "--protocol", "standard",
+             "--no-zeros-missing", "--target-feature", "1", "--epochs", "6", "--patience", "3"), "trips / h"),
+    Dataset("nycbike-out-1", "NYCBIKE1-TAIL departures, 12 -> 1",
+            ("--data", f"{SHARED}/NYCBIKE1-TAIL/nycbike1_tail.npz", "--protocol", "standard",
+             "--no-zeros-missing", "--target-feature", "0", "--pred-len", "1", "--epochs", "6",
+             "--patience", "3"), "trips / h"),
+    Dataset("nycbike-in-1", "NYCBIKE1-TAIL arrivals, 12 -> 1",
+            ("--data", f"{SHARED}/NYCBIKE1-TAIL/nycbike1_tail.npz", "--protocol", "standard",
+             "--no-zeros-missing", "--target-feature", "1", "--pred-len", "1", "--epochs", "6",
+             "--patience", "3"), "trips / h"),
+    Dataset("montevideo-bus", "MONTEVIDEO-BUS boardings, 12 -> 12",
+            ("--data", f"{SHARED}/MONTEVIDEO-BUS/montevideo_bus.npz", "--protocol", "standard",
+             "--no-zeros-missing", "--epochs", "6", "--patience", "3"), "boardings / h"),
+    Dataset("chickenpox", "CHICKENPOX-HU, 4 weeks -> 1",
+            ("--data", f"{SHARED}/CHICKENPOX-HU/chickenpox_hu.npz", "--protocol", "standard",
+             "--no-zeros-missing", "--seq-len", "4", "--pred-len", "1", "--patch-len", "2", "--stride", "1",
+             "--steps-per-day", "52", "--epochs", "15", "--patience", "5"), "z-score"),
+)
+
+VARIANTS = {
+    "full": ("STH-SepNet (defaults)", ()),
+    "no_seasonal": ("without the seasonal residual", ("--no-seasonal-residual",)),
+    "spatial_only": ("spatial_only (no LLM)", ("--fusion", "spatial_only")),
+    "temporal_only": ("temporal_only (LLM only)", ("--fusion", "temporal_only")),
+    "hyper_none": ("hypergraph none", ("--hypergraph", "none")),
+    "hyper_binary": ("hypergraph binary (the authors')", ("--hypergraph", "binary")),
+    "hyper_dynamic": ("hypergraph dynamic", ("--hypergraph", "dynamic")),
+    "adaptive_order": ("adaptive hyperedge order (k_max 6)", ("--hyper-order", "adaptive", "--hyper-k", "6")),
+    "time_embedding": ("+ time embeddings (d = 16)", ("--time-embedding-dim", "16")),
+    "mae_loss": ("MAE loss", ("--loss", "mae")),
+}
+ABLATIONS = tuple(v for v in VARIANTS if v != "full")
+SEEDS = (1, 2, 3)
+
+# What 2 CPU cores allowed in one session, in this order: three seeds of the defaults everywhere;
+# one seed of every ablation on the two cheapest datasets; one seed of the main ablations on
+# LOS-LOOP's standard protocol; the defaults without the seasonal residual everywhere else.
+PLAN: tuple[tuple[str, str, tuple[int, ...]], ...] = (
+    *((d.name, "full", SEEDS) for d in DATASETS),
+    *((name, v, (1,)) for name in ("chickenpox", "nycbike-out-12") for v in ABLATIONS),
+    *(("los-loop-standard", v, (1,)) for v in ("no_seasonal", "spatial_only", "adaptive_order", "mae_loss",
+                                               "time_embedding")),
+    *((name, "no_seasonal", (1,)) for name in ("los-loop-paper", "nycbike-in-12", "nycbike-out-1",
+                                                "nycbike-in-1", "montevideo-bus")),
+)
+
+
+def runs_of_plan():
+    """``(dataset, variant, seed, folder name)`` of every planned run, in order."""
+    for dataset, variant, seeds in PLAN:
+        for seed in seeds:
+            yield dataset, variant, seed, f"{dataset}/{variant}-seed{seed}"
+
+
+def command(dataset: str, variant: str, seed: int, out: Path) -> list[str]:
+    spec = next(d for d in DATASETS if d.name == dataset)
+    return ["sthfast", "train", *spec.args, *VARIANTS[variant][1], "--seed", str(seed), "--out", str(out),
+            "--no-plots"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/accuracy", help="folder of the run folders")
+    parser.add_argument("--only", default="*", help="glob over 'dataset/variant-seedS' (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    for dataset, variant, seed, name in runs_of_plan():
+        if not fnmatch.fnmatch(name, args.only):
+            continue
+        out = runs / name
+        cmd = command(dataset, variant, seed, out)
+        if args.list:
+            print(shlex.join(cmd))
+            continue
+        if (out / "metrics.json").is_file():
+            continue
+        if out.exists():                                       # an interrupted run: start it again
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{name}: {shlex.join(cmd)}", flush=True)
+        with open(runs / f"{name}.log", "w") as log:
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode:
+            print(f"{name}: failed ({done.returncode}), see {runs / name}.log", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
