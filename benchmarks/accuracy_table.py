@@ -1,9 +1,10 @@
-"""Render benchmarks/ACCURACY.md from the metrics.json files of benchmarks/run_accuracy.sh.
+"""Render benchmarks/ACCURACY.md from the run folders of benchmarks/accuracy_campaign.py.
 
-    python benchmarks/accuracy_table.py RUNS_DIR > benchmarks/ACCURACY.md
+    python benchmarks/accuracy_table.py [RUNS_DIR] > benchmarks/ACCURACY.md
 
-Every figure comes from the run folders; the hand-written discussion is benchmarks/accuracy_notes.md,
-appended as is.
+Every figure comes from the runs' metrics.json (test metrics beside the three baselines, the
+validation history); cells are mean +- std over the seeds that ran. The hand-written discussion is
+benchmarks/accuracy_notes.md, appended as is.
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
-FUSIONS = (("gate", "STH-SepNet"), ("spatial_only", "spatial_only (no LLM)"),
-           ("temporal_only", "temporal_only (LLM only)"))
+from accuracy_campaign import DATASETS, VARIANTS, runs_of_plan
+
 BASELINES = ("last_value", "seasonal_average", "linear")
-COMMANDS = {
-    "standard": "sthfast train --data embedded --protocol standard --epochs 20 --patience 5 --fusion {fusion} --out runs/accuracy/standard-{fusion} --no-plots",
-    "paper": "sthfast train --data embedded --protocol paper --epochs 2 --fusion {fusion} --out runs/accuracy/paper-{fusion} --no-plots",
-}
 
 
 def cpu_name() -> str:
@@ -36,63 +34,115 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def row(name: str, per: dict, keys: list[str]) -> str:
-    cells = []
-    for key in keys:
-        m = per[key]
-        cells.append(f"{m['mae']:.3f} / {m['rmse']:.3f} / {m['mape']:.2f}")
-    return f"| {name} | " + " | ".join(cells) + " |"
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
-def protocol_section(runs: Path, protocol: str) -> list[str]:
-    summaries = {f: json.loads((runs / f"{protocol}-{f}" / "metrics.json").read_text())
-                 for f, _ in FUSIONS if (runs / f"{protocol}-{f}" / "metrics.json").is_file()}
-    if not summaries:
-        return [f"## {protocol} protocol", "", "No run found.", ""]
-    first = next(iter(summaries.values()))
-    keys = list(first["test"]["model"])
-    lines = [f"## {protocol} protocol ({first['seq_len']} -> {first['pred_len']}, zeros masked: "
-             f"{first['zeros_missing']})", "",
-             "Test split, original units (mph). Each cell: MAE / RMSE / MAPE %.", "",
-             "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for fusion, label in FUSIONS:
-        if fusion in summaries:
-            lines.append(row(label, summaries[fusion]["test"]["model"], keys))
+def spread(values: list[float], digits: int = 3) -> str:
+    """``mean +- std (n)``, or the value alone for one run."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def load(runs: Path) -> dict[str, dict[str, list[dict]]]:
+    """dataset -> variant -> [metrics.json of each finished seed], in the plan's order."""
+    found: dict[str, dict[str, list[dict]]] = {}
+    for dataset, variant, _, name in runs_of_plan():
+        path = runs / name / "metrics.json"
+        if path.is_file():
+            found.setdefault(dataset, {}).setdefault(variant, []).append(json.loads(path.read_text()))
+    return found
+
+
+def beats_all(summary: dict) -> bool:
+    """The model's MAE and RMSE over all steps are below every baseline's."""
+    test = summary["test"]
+    return all(test["model"]["all"][m] < test[b]["all"][m] for b in BASELINES for m in ("mae", "rmse"))
+
+
+def dataset_section(spec, variants: dict[str, list[dict]]) -> list[str]:
+    first = next(iter(variants.values()))[0]
+    horizons = [h for h in first["test"]["model"] if h != "all"]
+    cols = ["MAE", "RMSE", "MAPE %"] + [f"MAE {h}" for h in horizons]
+    lines = [f"## {spec.title}", "",
+             f"N = {first['num_nodes']}, {first['seq_len']} -> {first['pred_len']}, zeros masked: "
+             f"{first['zeros_missing']}; test split, original units ({spec.units}); mean ± std over "
+             "the seeds run (n).", "",
+             "| method | n | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+
+    def cells(per_run: list[dict]) -> list[str]:
+        out = [spread([p["all"][m] for p in per_run], 2 if m == "mape" else 3) for m in ("mae", "rmse", "mape")]
+        return out + [spread([p[h]["mae"] for p in per_run]) for h in horizons]
+
+    for variant, runs in variants.items():
+        label = VARIANTS[variant][0]
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells([r["test"]["model"] for r in runs])) + " |")
     for name in BASELINES:
-        lines.append(row(f"baseline: {name}", first["test"][name], keys))
-    lines += ["", "| method | epochs run | best epoch | median train time per epoch (s) | samples/s | "
-              "trainable parameters | verdict (MAE, all steps) |", "|---|---|---|---|---|---|---|"]
-    for fusion, label in FUSIONS:
-        if fusion not in summaries:
+        lines.append(f"| baseline: {name} | - | " + " | ".join(cells([first["test"][name]])) + " |")
+    lines += ["", "| method | best validation MAE | epochs run | best epoch | train s / epoch (median) | "
+              "beats all three baselines (MAE and RMSE, all steps) |", "|---|---:|---:|---:|---:|---|"]
+    for variant, runs in variants.items():
+        best_val = [min(r["val_mae"] for r in s["history"]) for s in runs]
+        seconds = statistics.median(r["train_seconds"] for s in runs for r in s["history"])
+        wins = sum(beats_all(s) for s in runs)
+        lines.append(f"| {VARIANTS[variant][0]} | {spread(best_val)} | "
+                     f"{'/'.join(str(s['epochs_run']) for s in runs)} | "
+                     f"{'/'.join(str(s['best_epoch']) for s in runs)} | {seconds:.1f} | "
+                     f"{wins} of {len(runs)} |")
+    lines += ["", "Commands (`python benchmarks/accuracy_campaign.py --list --only "
+              f"'{spec.name}/*'` prints them all):", "", "```bash"]
+    for variant in variants:
+        flags = " ".join(spec.args + VARIANTS[variant][1])
+        lines.append(f"sthfast train {flags} --seed S --out runs/accuracy/{spec.name}/{variant}-seedS --no-plots")
+    return lines + ["```", ""]
+
+
+def verdicts(found: dict[str, dict[str, list[dict]]]) -> list[str]:
+    lines = ["## Targets", "", "| dataset | defaults beat all three baselines | defaults vs spatial_only "
+             "(MAE) | defaults vs without the seasonal residual (validation MAE) |", "|---|---|---|---|"]
+    for spec in DATASETS:
+        variants = found.get(spec.name, {})
+        full = variants.get("full")
+        if not full:
+            lines.append(f"| {spec.title} | not run | | |")
             continue
-        s = summaries[fusion]
-        hist = s["history"]
-        beats = s["test"]["model_beats"]
-        losses = [b for b, ok in beats.items() if not ok]
-        verdict = "beats all three baselines" if not losses else "does NOT beat " + ", ".join(losses)
-        lines.append(f"| {label} | {s['epochs_run']} | {s['best_epoch']} | "
-                     f"{statistics.median(r['train_seconds'] for r in hist):.1f} | "
-                     f"{statistics.median(r['samples_per_s'] for r in hist):.1f} | "
-                     f"{s['parameters']['trainable']:,} | {verdict} |")
-    lines += ["", "Commands:", "", "```bash"]
-    lines += [COMMANDS[protocol].format(fusion=f) for f, _ in FUSIONS]
-    lines += ["```", ""]
-    return lines
+        mae = statistics.mean(s["test"]["model"]["all"]["mae"] for s in full)
+        val = statistics.mean(min(r["val_mae"] for r in s["history"]) for s in full)
+
+        def versus(variant: str, value, key) -> str:
+            other = variants.get(variant)
+            if not other:
+                return "not run"
+            theirs = statistics.mean(key(s) for s in other)
+            return f"{value:.3f} vs {theirs:.3f} ({'better or equal' if value <= theirs else 'worse'})"
+
+        lines.append(f"| {spec.title} | {sum(beats_all(s) for s in full)} of {len(full)} seeds | "
+                     f"{versus('spatial_only', mae, lambda s: s['test']['model']['all']['mae'])} | "
+                     f"{versus('no_seasonal', val, lambda s: min(r['val_mae'] for r in s['history']))} |")
+    return lines + [""]
 
 
 def main() -> None:
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/accuracy")
+    found = load(runs)
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("sthfast", "torch", "transformers", "peft"))
-    out = ["# Accuracy on LOS-LOOP (embedded dataset)", "",
-           "Generated by `python benchmarks/accuracy_table.py` from the runs of "
-           "`bash benchmarks/run_accuracy.sh`; do not edit by hand.", "",
-           f"- Data: LOS-LOOP (207 sensors, 2016 five-minute steps, one week of METR-LA), split "
-           "70/10/20 chronologically; the backbone is the embedded all-MiniLM-L6-v2 with LoRA rank 8.",
-           f"- Machine: {cpu_name()}, {os.cpu_count()} cores; {versions}; "
+    out = ["# Accuracy campaign", "",
+           "Generated by `python benchmarks/accuracy_table.py runs/accuracy` from the runs of "
+           "`python benchmarks/accuracy_campaign.py`; do not edit by hand.", "",
+           f"- Machine: {cpu_name()}, {os.cpu_count()} cores; {versions}; commit {commit()}; "
            f"{datetime.date.today().isoformat()}.",
-           "- Ops backend: `auto` (the dense reference ops on this CPU).", ""]
-    for protocol in ("standard", "paper"):
-        out += protocol_section(runs, protocol)
+           "- Defaults of `sthfast train` (backend `auto`, the embedded all-MiniLM-L6-v2 with LoRA "
+           "rank 8, the seasonal residual); chronological 70/10/20 split; every run keeps its best "
+           "epoch by validation MAE.", ""]
+    out += verdicts(found)
+    for spec in DATASETS:
+        if spec.name in found:
+            out += dataset_section(spec, found[spec.name])
     notes = Path(__file__).with_name("accuracy_notes.md")
     if notes.is_file():
         out += [notes.read_text().rstrip(), ""]

@@ -3,6 +3,7 @@ so that they cannot rot between the full runs that produce benchmarks/RESULTS.md
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,3 +36,27 @@ def test_quick_suites_run_and_render(tmp_path):
         assert heading in text, heading
     assert "| 64 |" in text and "authors / sparse" in text
     assert "| train | 2 | 48 -> 48 | 64 |" in text and "reference / auto+bf16" in text
+
+
+def _metrics(mae: float, val: float, horizons=("h3",)) -> dict:
+    scores = {h: {"mae": mae, "rmse": 2 * mae, "mape": 10.0} for h in ("all", *horizons)}
+    baseline = {h: {"mae": 1.0, "rmse": 2.0, "mape": 10.0} for h in ("all", *horizons)}
+    return {"num_nodes": 5, "seq_len": 4, "pred_len": 3, "zeros_missing": False, "epochs_run": 2, "best_epoch": 1,
+            "history": [{"val_mae": val, "train_seconds": 1.0}, {"val_mae": val + 1, "train_seconds": 3.0}],
+            "test": {"model": scores, "last_value": baseline, "seasonal_average": baseline, "linear": baseline}}
+
+
+def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
+    listed = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "chickenpox/*"]).stdout.splitlines()
+    assert len(listed) == 3 + 9 and all(line.startswith("sthfast train --data ") for line in listed)
+    assert "--no-seasonal-residual --seed 1 --out runs/accuracy/chickenpox/no_seasonal-seed1" in listed[3]
+    runs = tmp_path / "runs"
+    for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("no_seasonal-seed1", 1.5, 0.9)):
+        (runs / "chickenpox" / name).mkdir(parents=True)
+        (runs / "chickenpox" / name / "metrics.json").write_text(json.dumps(_metrics(mae, val)))
+    text = _run(["benchmarks/accuracy_table.py", str(runs)]).stdout
+    assert "## CHICKENPOX-HU, 4 weeks -> 1" in text and "LOS-LOOP, paper protocol (48 -> 48) | not run" in text
+    assert "| STH-SepNet (defaults) | 2 | 0.600 ± 0.141 | 1.200 ± 0.283 |" in text
+    assert "| without the seasonal residual | 1 | 1.500 | 3.000 |" in text
+    assert "| CHICKENPOX-HU, 4 weeks -> 1 | 2 of 2 seeds | not run | 0.500 vs 0.900 (better or equal) |" in text
+    assert "| STH-SepNet (defaults) | 0.500 ± 0.141 | 2/2 | 1/1 | 2.0 | 2 of 2 |" in text
