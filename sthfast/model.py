@@ -90,7 +90,7 @@ class STHSepNet(nn.Module):
         y_time = y_space = None
         if self.temporal is not None:
             with stage("temporal_stream"):
-                y_time = self.temporal(x).unsqueeze(-1).expand(-1, -1, c.num_nodes)  # [B, H, N]
+                y_time = self.temporal(x)                                  # [B, H, N]
         if self.spatial is not None:
             spatial_in = x if self.time_embedding is None else \
                 torch.cat([x, self.time_embedding(last).to(x.dtype)], dim=-1)        # [B, T, N, F + 2d]

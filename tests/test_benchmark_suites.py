@@ -48,7 +48,7 @@ def _metrics(mae: float, val: float, horizons=("h3",)) -> dict:
 
 def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     listed = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "chickenpox/*"]).stdout.splitlines()
-    assert len(listed) == 3 + 9 and all(line.startswith("sthfast train --data ") for line in listed)
+    assert len(listed) == 3 + 10 and all(line.startswith("sthfast train --data ") for line in listed)
     assert "--no-seasonal-residual --seed 1 --out runs/accuracy/chickenpox/no_seasonal-seed1" in listed[3]
     runs = tmp_path / "runs"
     for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("no_seasonal-seed1", 1.5, 0.9)):

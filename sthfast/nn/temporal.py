@@ -53,9 +53,11 @@ def series_statistics(series: Tensor) -> Tensor:
 
 
 class TemporalStream(nn.Module):
-    """``x[B, T, N, F]`` -> the global trend of the target feature ``[B, H]``: the target feature's
-    node-averaged series is the one sequence the backbone reads (the other features inform the
-    spatial stream only)."""
+    """``x[B, T, N, F]`` -> the trend of the target feature for every node ``[B, H, N]``: the
+    backbone reads the target's node-averaged series (``temporal_groups = 1``, the paper: one
+    global trend) or ``G`` regional series, each a learned soft-weighted average of the nodes
+    (assignment ``softmax`` over groups per node), whose forecasts return to every node by the same
+    weights. The other features inform the spatial stream only."""
 
     def __init__(self, config: STHSepNetConfig, backbone: Backbone | None = None):
         super().__init__()
@@ -80,6 +82,8 @@ class TemporalStream(nn.Module):
             self.register_buffer("prompt_embeddings", bb.word_embeddings[ids].clone(), persistent=False)
             self.statistics_embedding = nn.Linear(NUM_STATS, bb.d_llm)
         self.embedding_dropout = nn.Dropout(c.dropout)
+        if c.temporal_groups > 1:                   # random start: equal groups would stay equal
+            self.group_logits = nn.Parameter(torch.randn(c.num_nodes, c.temporal_groups))
         self.head = nn.Sequential(nn.Flatten(-2), nn.Linear(c.d_ff * c.num_patches, c.pred_len),
                                   nn.Dropout(c.dropout))
 
@@ -102,6 +106,17 @@ class TemporalStream(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c = self.config
         target = x[..., c.target_feature:c.target_feature + 1]            # [B, T, N, 1]
+        if c.temporal_groups == 1:
+            return self._trend(target).unsqueeze(-1).expand(-1, -1, c.num_nodes)
+        assign = torch.softmax(self.group_logits, dim=1).to(x.dtype)      # [N, G]
+        share = assign / assign.sum(0)                                     # a weighted mean per group
+        groups = torch.einsum("btn,ng->bgt", target[..., 0], share)         # [B, G, T]
+        trend = self._trend(groups.reshape(-1, c.seq_len, 1, 1))           # [B G, H]
+        return torch.einsum("bgh,ng->bhn", trend.view(x.shape[0], -1, c.pred_len), assign)
+
+    def _trend(self, target: Tensor) -> Tensor:
+        """The backbone's forecast of the node average of ``target [B, T, N, 1]``: ``[B, H]``."""
+        c = self.config
         patches, mean, std = ops.pool_patch(target, c.patch_len, c.stride, normalize=c.revin,
                                             backend=c.backend)        # [B, 1, L, P], [B, 1]
         b, num_patches = patches.shape[0], patches.shape[2]
