@@ -160,6 +160,8 @@ class STHSepNetConfig:
                                      f"other than target_feature={self.target_feature}")
         if self.day_of_week_channel is not None and self.day_of_week_channel == self.time_of_day_channel:
             raise ValueError("time_of_day_channel and day_of_week_channel must differ")
+        if self.time_embedding_dim and not self.uses_spatial:
+            raise ValueError("time_embedding_dim feeds the spatial stream: fusion='temporal_only' has none")
         if (self.seasonal_residual or self.time_embedding_dim) and self.time_of_day_channel is None:
             raise ValueError("seasonal_residual and time_embedding_dim read the time of day from the input: set "
                              "time_of_day_channel (sthfast train does, adding the calendar channels itself)")

@@ -41,7 +41,7 @@ class STHSepNet(nn.Module):
         self.fusion = FUSION_MODULES[c.fusion](c) if c.fusion in FUSION_MODULES else None
         slots = CalendarSlots(c) if c.uses_calendar else None
         self.seasonal = SeasonalResidual(c, slots) if c.seasonal_residual else None
-        self.time_embedding = TimeEmbedding(c, slots) if c.time_embedding_dim and c.uses_spatial else None
+        self.time_embedding = TimeEmbedding(c, slots) if c.time_embedding_dim else None
         self.slots = slots
         self.register_buffer("clamp_min", torch.full((c.num_nodes,), -torch.inf))
         self.register_buffer("clamp_max", torch.full((c.num_nodes,), torch.inf))

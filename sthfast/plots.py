@@ -93,7 +93,7 @@ def _hypergraph(path: Path, model) -> None:
         with torch.no_grad():
             z = hyper.node_features(None).float().cpu()
             incidence = reference.knn_hypergraph(z, hyper.k, binary=hyper.mode == "binary",
-                                                 temperature=hyper.temperatures()).numpy()
+                                                 temperature=_on_cpu(hyper.temperatures())).numpy()
         edges = incidence[:, incidence.sum(0) > 0]                                   # [N, M]
         sizes = (edges > 0).sum(0)
         left.hist(sizes, bins=np.arange(sizes.min(), sizes.max() + 2) - 0.5)
@@ -108,3 +108,8 @@ def _hypergraph(path: Path, model) -> None:
         fig.colorbar(image, ax=right)
     fig.tight_layout()
     _save(fig, path)
+
+
+def _on_cpu(value):
+    """A number as is, a tensor detached as float32 on the CPU (where the plots compute)."""
+    return value.detach().float().cpu() if isinstance(value, torch.Tensor) else value

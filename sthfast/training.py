@@ -58,11 +58,11 @@ class TrainConfig:
     adjacency_weighting: str = help_field("binary", "Edge-list weights: 'binary', 'cost' (the third column as is) or 'gaussian' (exp(-(cost/std)^2)).", choices=WEIGHTINGS)
     adjacency_ids: str | None = help_field(None, "Text file of sensor ids in node order, for edge lists that name ids (default: a .txt beside the .csv, if any).")
     csv_header: bool | None = help_field(None, "Whether a .csv series starts with a header row (default: guessed).")
-    steps_per_day: int | None = help_field(None, "Steps per day for the seasonal baseline and --time-features when the data has no timestamps (default 288, i.e. 5-minute data; step 0 is taken as Monday midnight).")
+    steps_per_day: int | None = help_field(None, "Steps per day for the seasonal baseline, the seasonal residual and --time-features when the data has no timestamps (default 288, i.e. 5-minute data; step 0 is taken as Monday midnight).")
     data_key: str | None = help_field(None, "Array (npz) or group (h5) holding the series, if not the default.")
     drop_dead_nodes: bool = help_field(False, "Leave out the nodes with no valid reading in the training split (default: keep them, with a warning naming them; they are forecast from the others).")
     features: str | None = help_field(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow only).")
-    time_features: str | None = help_field(None, "Comma-separated calendar channels appended to every node's input: time_of_day (fraction of the day), day_of_week (weekday / 7); from the timestamps, else from --steps-per-day. Default none, as in the paper.")
+    time_features: str | None = help_field(None, "Comma-separated calendar channels appended to every node's input: time_of_day (fraction of the day), day_of_week (weekday / 7); from the timestamps, else from --steps-per-day. Default none (the paper); both are added when --seasonal-residual (the default) or --time-embedding-dim reads them.")
     protocol: str = help_field("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.", choices=tuple(PROTOCOLS))
     zeros_missing: bool | None = help_field(None, "Treat exact zeros as missing readings (masked in loss and metrics); default: the protocol's (standard: yes, paper: no).")
     split: str = help_field("0.7,0.1,0.2", "Chronological train,val,test fractions.")
@@ -208,8 +208,9 @@ def model_config(series: SensorSeries, tc: TrainConfig,
 
 
 # the seasonal profile is by week slot only when the training split holds at least this many weeks
-# (with one, every week slot is seen once and the training targets' residuals would be zero)
-PROFILE_MIN_WEEKS = 2
+# (with n, every training target is 1 / n of its own slot's mean, so its residual shrinks by
+# sqrt((n - 1) / n) against unseen data; with one week it would be zero)
+PROFILE_MIN_WEEKS = 4
 
 
 def fit_seasonal_profile(model: STHSepNet, data: SplitData, steps_per_day: int | None) -> None:
@@ -274,12 +275,14 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _run_meta(data: SplitData, tc: TrainConfig, config: STHSepNetConfig,
-              kept: np.ndarray | None) -> dict[str, Any]:
+def _run_meta(data: SplitData, tc: TrainConfig, config: STHSepNetConfig, kept: np.ndarray | None,
+              data_nodes: int) -> dict[str, Any]:
     """What every checkpoint of a run records besides its epoch (computed once per run); ``nodes``:
-    the data's nodes the model forecasts (None: all; else those --drop-dead-nodes kept)."""
+    the nodes of the data's ``data_nodes`` that the model forecasts (None: all; else those
+    --drop-dead-nodes kept); whether the calendar channels came from timestamps."""
     return {"scaler": data.scaler.to_dict(), "data_fingerprint": data.series.fingerprint(),
-            "nodes": None if kept is None else kept.tolist(),
+            "nodes": None if kept is None else kept.tolist(), "data_nodes": data_nodes,
+            "calendar_from_timestamps": data.series.timestamps is not None,
             "data_source": data.series.source, "target_feature": data.target_feature,
             "train_config": tc.to_dict(),
             "backbone_fingerprint": backbone_fingerprint(config.backbone) if config.uses_llm else None}
@@ -302,7 +305,7 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     if tc.adjacency:
         series.adjacency = load_adjacency(tc.adjacency, series.num_nodes, ids=tc.adjacency_ids,
                                           weighting=tc.adjacency_weighting)
-    kept = None
+    kept, data_nodes = None, series.num_nodes
     if tc.drop_dead_nodes and (dead := unseen_nodes(series, tc.split_fractions())).size:
         kept = np.setdiff1d(np.arange(series.num_nodes), dead)
         if not kept.size:
@@ -313,7 +316,7 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     config, tc = model_config(series, tc, model_overrides)
     data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature,
                    time_features=tc.time_feature_list(), steps_per_day=tc.steps_per_day)
-    run_meta = _run_meta(data, tc, config, kept)
+    run_meta = _run_meta(data, tc, config, kept, data_nodes)
     zeros_missing, horizons = tc.missing_zeros(), PROTOCOLS[tc.protocol]["horizons"]
     device = resolve_device(tc.device)
 
@@ -325,7 +328,9 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     if config.clamp:
         train_part = torch.from_numpy(data.series.values[: data.boundaries[0], :, config.target_feature])
         scaled = (train_part - mean) / std
-        model.set_clamp_range(torch.nan_to_num(scaled, nan=math.inf).amin(0), torch.nan_to_num(scaled, nan=-math.inf).amax(0))
+        low, high = torch.nan_to_num(scaled, nan=math.inf).amin(0), torch.nan_to_num(scaled, nan=-math.inf).amax(0)
+        unseen = low > high                                    # no training reading: no bounds
+        model.set_clamp_range(low.masked_fill(unseen, -math.inf), high.masked_fill(unseen, math.inf))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc.milestone_epochs(), tc.lr_gamma)
@@ -419,12 +424,14 @@ def _best_epoch(progress: dict) -> int:
 
 def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config: STHSepNetConfig) -> dict:
     meta = ckpt.read_meta(last_dir)
-    if meta["config"] != config.to_dict():
-        changed = sorted(k for k in meta["config"] if meta["config"][k] != config.to_dict().get(k))
+    saved_config = {**STHSepNetConfig().to_dict(), **meta["config"]}    # fields newer than the run: defaults
+    if saved_config != config.to_dict():
+        changed = sorted(k for k in saved_config if saved_config[k] != config.to_dict().get(k))
         raise ckpt.CheckpointError(f"{last_dir}: the checkpoint was trained with a different model config "
                                    f"(fields {changed}); resume with the same flags")
     saved, now = meta["train_config"], run_meta["train_config"]
-    changed = sorted(k for k in now if k not in RESUMABLE and saved.get(k) != now[k])
+    defaults = TrainConfig().to_dict()                  # fields newer than the run: their defaults
+    changed = sorted(k for k in now if k not in RESUMABLE and saved.get(k, defaults[k]) != now[k])
     if changed:
         raise ckpt.CheckpointError(f"{last_dir}: the run was started with other training settings "
                                    f"(fields {changed}); only {list(RESUMABLE)} may change on --resume")
@@ -461,19 +468,33 @@ def _series_for_checkpoint(meta: dict, data: str | None) -> tuple[SensorSeries, 
     tc = TrainConfig(**meta["train_config"])
     series = read_series(tc, data)
     if meta.get("nodes") is not None:
-        if max(meta["nodes"]) >= series.num_nodes:
-            raise ckpt.CheckpointError(f"the checkpoint forecasts nodes {meta['nodes'][:5]}... of a larger "
-                                       f"network; {series.source} has N={series.num_nodes}")
+        if series.num_nodes != meta["data_nodes"]:
+            raise ckpt.CheckpointError(f"the checkpoint forecasts {len(meta['nodes'])} of a network of "
+                                       f"N={meta['data_nodes']} nodes; {series.source} has N={series.num_nodes}")
         series = series.select_nodes(meta["nodes"])
     config = STHSepNetConfig.from_dict(meta["config"])
     features = series.values.shape[2] + len(tc.time_feature_list())
     if (series.num_nodes, features) != (config.num_nodes, config.in_features):
         raise ckpt.CheckpointError(f"the checkpoint is for N={config.num_nodes}, F={config.in_features}; "
                                    f"{series.source} gives N={series.num_nodes}, F={features}")
+    if tc.time_feature_list():
+        _check_calendar(series, tc, config, meta)
     if data is None and series.fingerprint() != meta["data_fingerprint"]:
         raise ckpt.CheckpointError(f"{series.source} changed since the checkpoint was trained on it; "
                                    "pass --data to evaluate on it anyway")
     return series, tc
+
+
+def _check_calendar(series: SensorSeries, tc: TrainConfig, config: STHSepNetConfig, meta: dict) -> None:
+    """The calendar channels of ``series`` mean what they meant in training: the same slots per day,
+    and read from timestamps if training read them from timestamps."""
+    if meta.get("calendar_from_timestamps") and series.timestamps is None:
+        raise ckpt.CheckpointError(f"the model reads its calendar channels from timestamps; {series.source} "
+                                   "has none (their week slots would be guesses)")
+    per_day = calendar(series, tc.steps_per_day).per_day
+    if per_day != config.slots_per_day:
+        raise ckpt.CheckpointError(f"the model's calendar has {config.slots_per_day} steps per day; "
+                                   f"{series.source} has {per_day}")
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, device: str = "auto",

@@ -103,6 +103,22 @@ def test_from_checkpoint(trained_run):
     assert model(torch.zeros(2, 12, 207, 3)).shape == (2, 12, 207)
 
 
+def test_the_calendar_of_other_data_must_match_the_models(trained_run, tmp_path, capsys):
+    from sthfast.data import load_series
+
+    series = load_series("embedded")
+    bare = tmp_path / "no_times.npz"
+    np.savez(bare, data=series.values[:, :, 0])
+    assert main(["predict", "--checkpoint", str(trained_run), "--data", str(bare), "--out", str(tmp_path / "f.npz")]) == 2
+    assert "reads its calendar channels from timestamps; " in capsys.readouterr().err
+    coarse = tmp_path / "ten_minutes.npz"
+    stamps = np.datetime64("2012-03-01T00:00") + np.arange(series.num_steps) * np.timedelta64(10, "m")
+    np.savez(coarse, data=series.values[:, :, 0], timestamps=stamps.astype(str))
+    assert main(["evaluate", "--checkpoint", str(trained_run), "--data", str(coarse)]) == 2
+    err = capsys.readouterr().err
+    assert "the model's calendar has 288 steps per day; " in err and "ten_minutes.npz has 144" in err
+
+
 def test_refusals(trained_run, tiny_backbones, tmp_path, capsys):
     flags = tiny_flags(tiny_backbones["bert"])
     assert main(["train", "--data", "embedded", "--out", str(trained_run)] + flags) == 2

@@ -19,9 +19,13 @@ class CalendarSlots(nn.Module):
         super().__init__()
         self.per_day, self.tod, self.dow = c.slots_per_day, c.time_of_day_channel, c.day_of_week_channel
         self.num_slots = self.per_day * (7 if self.dow is not None else 1)
+        # offsets of the input steps from the last one, and of the horizon's steps
+        self.register_buffer("inputs_back", -torch.arange(c.seq_len - 1, -1, -1), persistent=False)
+        self.register_buffer("ahead", torch.arange(1, c.pred_len + 1), persistent=False)
 
     def last(self, x: Tensor) -> Tensor:
-        """``x [B, T, N, F]`` -> the last input step's slot ``[B]`` (int64)."""
+        """``x [B, T, N, F]`` -> the last input step's slot ``[B]`` (int64). The channels must be
+        float32 or wider: bfloat16 cannot tell 1/288 of a day apart."""
         step = x[:, -1, 0]                                                   # [B, F]
         slot = torch.round(step[:, self.tod].float() * self.per_day).long() % self.per_day
         if self.dow is not None:
@@ -41,18 +45,17 @@ class SeasonalResidual(nn.Module):
         super().__init__()
         self.slots, self.feature = slots, c.target_feature
         self.register_buffer("profile", torch.zeros(slots.num_slots, c.num_nodes))
-        self.register_buffer("inputs_back", -torch.arange(c.seq_len - 1, -1, -1), persistent=False)
-        self.register_buffer("ahead", torch.arange(1, c.pred_len + 1), persistent=False)
 
     def remove(self, x: Tensor, last: Tensor) -> Tensor:
         """``x [B, T, N, F]`` with the profile at its steps taken off the target feature."""
-        profile = self.profile[self.slots.around(last, self.inputs_back)].to(x.dtype)   # [B, T, N]
+        profile = self.profile[self.slots.around(last, self.slots.inputs_back)].to(x.dtype)   # [B, T, N]
         return torch.cat([x[..., :self.feature], (x[..., self.feature] - profile).unsqueeze(-1),
                           x[..., self.feature + 1:]], dim=-1)
 
     def restore(self, y: Tensor, last: Tensor) -> Tensor:
-        """The forecast ``y [B, H, N]`` plus the profile at the horizon's steps."""
-        return y + self.profile[self.slots.around(last, self.ahead)].to(y.dtype)
+        """The forecast ``y [B, H, N]`` plus the profile at the horizon's steps (in float32 at least,
+        also when ``y`` is bfloat16 under autocast)."""
+        return y + self.profile[self.slots.around(last, self.slots.ahead)]
 
 
 class TimeEmbedding(nn.Module):
@@ -67,14 +70,9 @@ class TimeEmbedding(nn.Module):
         for table in (self.time_of_day, self.day_of_week):
             if table is not None:
                 nn.init.xavier_uniform_(table.weight)
-        self.register_buffer("inputs_back", -torch.arange(c.seq_len - 1, -1, -1), persistent=False)
-
-    @property
-    def channels(self) -> int:
-        return self.time_of_day.embedding_dim * (2 if self.day_of_week is not None else 1)
 
     def forward(self, last: Tensor) -> Tensor:
-        slots = self.slots.around(last, self.inputs_back)                   # [B, T]
+        slots = self.slots.around(last, self.slots.inputs_back)             # [B, T]
         parts = [self.time_of_day(slots % self.slots.per_day)]
         if self.day_of_week is not None:
             parts.append(self.day_of_week(slots // self.slots.per_day))

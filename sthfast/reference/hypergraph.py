@@ -54,7 +54,7 @@ def membership_weights(z: Tensor, idx: Tensor, binary: bool, temperature: float 
     centres = z[..., :idx.shape[-2], :].unsqueeze(-2)               # hyperedge e is centred on node e
     dist2 = (members - centres).pow(2).sum(-1)                      # [..., E, k]
     if isinstance(temperature, Tensor):
-        temperature = temperature.to(dist2.dtype).unsqueeze(-1)     # [E, 1]
+        temperature = temperature.to(dist2).unsqueeze(-1)           # [E, 1], dist2's dtype and device
     return torch.softmax(-dist2 / (z.shape[-1] * temperature), dim=-1)
 
 
