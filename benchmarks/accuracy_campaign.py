@@ -2,16 +2,22 @@
 
     python benchmarks/accuracy_campaign.py [--runs runs/accuracy] [--only PATTERN] [--list]
 
-Every run is ``sthfast train`` into ``RUNS/<dataset>/<variant>-seed<S>`` (a finished run, one with
-``metrics.json``, is skipped, so the campaign can be stopped and continued).
-``benchmarks/accuracy_table.py`` renders ACCURACY.md from the folders. Run nothing else meanwhile:
-two processes on 2 cores slow each other down by up to 10x.
+Every run is ``sthfast train`` into ``RUNS/<dataset>/<variant>-seed<S>``; its metrics.json, with the
+commit and command, is kept in ``benchmarks/accuracy_results/<dataset>/<variant>-seed<S>.json``
+(committed, so results outlive the run folders; a run with a result is skipped, so the campaign
+can be stopped and continued; delete results to re-run them after a change of defaults).
+``benchmarks/accuracy_table.py`` renders ACCURACY.md from the results. Run nothing else
+meanwhile: two processes on 2 cores slow each other down by up to 10x.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
 import fnmatch
+import json
 import shlex
 import subprocess
 import sys
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHARED = "../shared/data"
+RESULTS = Path(__file__).with_name("accuracy_results")
 
 
 @dataclass(frozen=True)
@@ -104,13 +111,32 @@ def command(dataset: str, variant: str, seed: int, out: Path) -> list[str]:
             "--no-plots"]
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def commit() -> str:
+    """The short hash of HEAD, with ``+`` when the tree has uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+    dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    return git("rev-parse", "--short", "HEAD").strip() + ("+" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs/accuracy", help="folder of the run folders")
     parser.add_argument("--only", default="*", help="glob over 'dataset/variant-seedS' (default: all)")
+    parser.add_argument("--results", default=str(RESULTS), help="folder of the kept results")
     parser.add_argument("--list", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args()
-    runs = Path(args.runs)
+    runs, results = Path(args.runs), Path(args.results)
     for dataset, variant, seed, name in runs_of_plan():
         if not fnmatch.fnmatch(name, args.only):
             continue
@@ -119,7 +145,8 @@ def main() -> None:
         if args.list:
             print(shlex.join(cmd))
             continue
-        if (out / "metrics.json").is_file():
+        result = results / f"{name}.json"
+        if result.is_file():
             continue
         if out.exists():                                       # an interrupted run: start it again
             subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -129,6 +156,12 @@ def main() -> None:
             done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode:
             print(f"{name}: failed ({done.returncode}), see {runs / name}.log", file=sys.stderr, flush=True)
+            continue
+        metrics = json.loads((out / "metrics.json").read_text())
+        metrics["campaign"] = {"commit": commit(), "command": shlex.join(cmd), "date": datetime.date.today().isoformat(),
+                               "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+        result.parent.mkdir(parents=True, exist_ok=True)
+        result.write_text(json.dumps(metrics, indent=1) + "\n")
 
 
 if __name__ == "__main__":
