@@ -46,7 +46,7 @@ class STHSepNetConfig:
     time_of_day_channel: int | None = help_field(None, "Input feature holding the time of day as a fraction of the day (as --time-features writes it); needed by seasonal_residual and time_embedding_dim.")
     day_of_week_channel: int | None = help_field(None, "Input feature holding the weekday / 7; without it the calendar has time-of-day slots only.")
     slots_per_day: int = help_field(288, "Time-of-day slots (steps per day) of the calendar channels.")
-    seasonal_residual: bool = help_field(False, "Forecast the deviation from a per-node seasonal profile (the training split's mean per week slot, as the seasonal-average baseline; sthfast train fits it, STHSepNet.set_seasonal_profile sets it): the profile is taken off the inputs' target feature and added to the forecast. Off in the model API, on in sthfast train.")
+    seasonal_residual: bool = help_field(False, "Forecast the deviation from a per-node seasonal profile (the training split's mean per week slot, as the seasonal-average baseline; sthfast train fits it, STHSepNet.set_seasonal_profile sets it): the profile is taken off the inputs' target feature and added to the forecast. Off in the model API; in sthfast train 'auto': on where that profile forecasts the validation split better than the node means.")
     time_embedding_dim: int = help_field(0, "Width d of learned time-of-day and day-of-week embeddings appended to the spatial stream's input at every step (as STID); 0: none.")
 
     # --- temporal stream (pooled series -> patches -> LLM with LoRA) --------------------------
@@ -92,6 +92,7 @@ class STHSepNetConfig:
     # --- fusion and output -----------------------------------------------------------------
     fusion: str = help_field("gate", "How the streams are fused: 'gate' (node-wise sigmoid gate, O(N) parameters), 'dense_gate' (the authors' Linear(2N -> N), O(N^2)), 'attention' (per-node attention over the two streams), 'lstm' (per-node LSTM over the horizon), 'spatial_only' (no LLM), 'temporal_only'.", choices=FUSIONS)
     gate_hidden: int = help_field(64, "Hidden width of the node-wise gate, attention and LSTM fusions.")
+    gate_init: float = help_field(0.5, "Initial share of the temporal stream in the gate and dense_gate fusions (0 < share < 1; the gate's last bias starts at its logit).")
     clamp: bool = help_field(False, "Clamp the output to the per-node training min / max (set with STHSepNet.set_clamp_range).")
     check_inputs: bool = help_field(True, "Reject inputs with NaN or inf at every forward (one device-to-host sync per call; switch off in a tuned loop over checked data).")
     backend: str = help_field("auto", "Op backend: 'auto' (the best available per op and device: 'triton' on CUDA when Triton is installed, else 'sparse'; FAISS for neighbour searches over many points when installed (the threshold: sthfast info); the compiled extension for pool + patch and, on the CPU, MixProp when built), 'reference' (dense PyTorch, O(N^2)), 'sparse' (torch CSR ops, O(N k), CPU and CUDA), 'triton' (GPU kernels), 'faiss' (FAISS neighbour search with the sparse ops), 'cpp' (the compiled extension's pool + patch and fused MixProp, CPU) / 'cuda' (its pool + patch on CUDA). A backend that lacks an op leaves it to 'auto'.", choices=BACKENDS)
@@ -125,6 +126,7 @@ class STHSepNetConfig:
             raise TypeError(f"lora_target_modules must be None or a list of module names, got {modules!r}")
         for name, lo, hi in (("lora_dropout", 0.0, 1.0), ("dropout", 0.0, 1.0), ("prop_alpha", 0.0, 1.0)):
             _check_float(name, getattr(self, name), lo, hi, hi_open=True)
+        _check_float("gate_init", self.gate_init, 0.0, 1.0, lo_open=True, hi_open=True)
         for name in ("lora_alpha", "hyper_temperature", "tanh_alpha"):
             _check_float(name, getattr(self, name), 0.0, math.inf, lo_open=True)
         for f in dataclasses.fields(self):

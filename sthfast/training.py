@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from .baselines import fit_baselines
 from .config import STHSepNetConfig, help_field
 from .data import load_adjacency, load_series, prepare, unseen_nodes
 from .data.adjacency import WEIGHTINGS
-from .data.calendar import TIME_FEATURES, calendar, seasonal_profile
+from .data.calendar import TIME_FEATURES, Calendar, calendar, seasonal_profile
 from .data.formats import EMBEDDED, SensorSeries
-from .data.windows import Scaler, SplitData, WindowDataset, model_inputs
+from .data.windows import Scaler, SplitData, WindowDataset, model_inputs, split_boundaries
 from .metrics import ForecastMetrics, valid_mask
 from .model import STHSepNet
 from .nn.backbone import EMBEDDED as EMBEDDED_BACKBONE
@@ -38,8 +39,9 @@ PROTOCOLS = {
                      horizons=(3, 6, 12)),
 }
 # where sthfast train departs from STHSepNetConfig's defaults (the model API's are the paper's):
-# the seasonal residual won on the validation splits of the accuracy campaign (ACCURACY.md)
-TRAIN_MODEL_DEFAULTS = dict(seasonal_residual=True)
+# the seasonal residual, on where the data are seasonal (seasonal_residual_helps), won on the
+# validation splits of the accuracy campaign (ACCURACY.md)
+TRAIN_MODEL_DEFAULTS = dict(seasonal_residual="auto")
 # taken from the data (and --time-features), never from flags
 DATA_FIELDS = ("num_nodes", "in_features", "time_of_day_channel", "day_of_week_channel", "slots_per_day")
 # bfloat16 autocast is on by default on CPUs with bfloat16 matrix instructions (AMX-BF16 or
@@ -194,6 +196,13 @@ def model_config(series: SensorSeries, tc: TrainConfig,
     if values.get("backbone", EMBEDDED_BACKBONE) != EMBEDDED_BACKBONE:
         values["backbone"] = str(Path(values["backbone"]).expanduser().resolve())
     names = tc.time_feature_list()
+    if values["seasonal_residual"] == "auto":
+        weekday = "day_of_week" in names or "time_of_day" not in names        # both are added if absent
+        values["seasonal_residual"], profile_mae, mean_mae = seasonal_residual_helps(
+            series, tc, values.get("target_feature", 0), weekday)
+        tqdm.write(f"seasonal residual {'on' if values['seasonal_residual'] else 'off'}: on the validation "
+                   f"split the seasonal profile's MAE is {profile_mae:.4g}, the node means' {mean_mae:.4g} "
+                   "(--seasonal-residual / --no-seasonal-residual choose)")
     defaults = STHSepNetConfig()
     needs_calendar = values["seasonal_residual"] or values.get("time_embedding_dim", defaults.time_embedding_dim)
     if needs_calendar and "time_of_day" not in names:
@@ -213,19 +222,62 @@ def model_config(series: SensorSeries, tc: TrainConfig,
 PROFILE_MIN_WEEKS = 4
 
 
+def training_profile(train_values: np.ndarray, cal: Calendar, has_weekday: bool) -> np.ndarray:
+    """The seasonal profile of the training split ``train_values [T', N]`` (original units): with a
+    weekday, ``[7 per_day, N]`` per-node means by week slot, or by time of day repeated for every
+    weekday when the split holds fewer than :data:`PROFILE_MIN_WEEKS` weeks; else ``[per_day, N]``."""
+    weekly = has_weekday and len(train_values) >= PROFILE_MIN_WEEKS * 7 * cal.per_day
+    table = seasonal_profile(train_values, cal, weekly=weekly)
+    return np.tile(table, (7, 1)) if has_weekday and not weekly else table
+
+
+def seasonal_residual_helps(series: SensorSeries, tc: TrainConfig, target_feature: int,
+                            has_weekday: bool) -> tuple[bool, float, float]:
+    """Whether the data are seasonal enough for the seasonal residual (the default of ``sthfast
+    train``): the training split's profile forecasts the validation split's readings with a lower
+    MAE than each node's training mean. Returns ``(helps, profile MAE, node-mean MAE)``."""
+    first_val, first_test = split_boundaries(series.num_steps, tc.split_fractions())
+    target = series.values[:, :, target_feature].astype(np.float64)             # [T, N], NaN = missing
+    train, val = target[:first_val], target[first_val:first_test]
+    cal = calendar(series, tc.steps_per_day)
+    table = training_profile(train, cal, has_weekday)
+    slots = cal.weekday * cal.per_day + cal.day_slot if has_weekday else cal.day_slot
+    forecast = table[slots[first_val:first_test]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)                            # all-NaN nodes
+        node_mean = np.nanmean(train, axis=0)
+    seen = np.isfinite(val) & np.isfinite(node_mean)
+    if not seen.any():
+        return False, math.nan, math.nan
+    profile_mae, mean_mae = (float(np.abs(f - val)[seen].mean()) for f in (forecast, node_mean))
+    return profile_mae < mean_mae, profile_mae, mean_mae
+
+
 def fit_seasonal_profile(model: STHSepNet, data: SplitData, steps_per_day: int | None) -> None:
-    """Set the model's seasonal profile, in its scaled units: the training split's per-node means of
-    the target by week slot, or by time of day (the same for every weekday) when the split holds
-    fewer than :data:`PROFILE_MIN_WEEKS` weeks or the input has no weekday channel."""
+    """Set the model's seasonal profile (:func:`training_profile`) in its scaled units."""
     values = data.series.values[:data.boundaries[0], :, data.target_feature].astype(np.float64)
-    cal = calendar(data.series, steps_per_day)
-    has_weekday = model.config.day_of_week_channel is not None
-    weekly = has_weekday and len(values) >= PROFILE_MIN_WEEKS * 7 * cal.per_day
-    table = seasonal_profile(values, cal, weekly=weekly)
-    if has_weekday and not weekly:
-        table = np.tile(table, (7, 1))
+    table = training_profile(values, calendar(data.series, steps_per_day),
+                             has_weekday=model.config.day_of_week_channel is not None)
     mean, std = (t.numpy().astype(np.float64) for t in data.target_scale())
     model.set_seasonal_profile(((table - mean) / std).astype(np.float32))
+
+
+def fill_gaps_with_profile(scaled: torch.Tensor, series: SensorSeries, model: STHSepNet,
+                           steps_per_day: int | None) -> None:
+    """Under the seasonal residual, put the profile at the missing target readings of the model
+    inputs ``scaled [T, N, F']`` (in place; they are 0, the node's mean, otherwise), so that the
+    model reads a gap as no deviation from the season rather than as minus the profile."""
+    if model.seasonal is None:
+        return
+    f = model.config.target_feature
+    missing = torch.from_numpy(np.isnan(series.values[:, :, f]))                 # [T, N]
+    if not missing.any():
+        return
+    cal = calendar(series, steps_per_day)
+    weekly = model.config.day_of_week_channel is not None
+    slots = torch.from_numpy(cal.weekday * cal.per_day + cal.day_slot if weekly else cal.day_slot)
+    target = scaled[..., f]
+    target[missing] = model.seasonal.profile[slots].to(scaled.dtype)[missing]
 
 
 @torch.no_grad()
@@ -324,6 +376,7 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     model = STHSepNet(config, adjacency=data.series.adjacency if config.graph == "static" else None)
     if config.seasonal_residual:
         fit_seasonal_profile(model, data, tc.steps_per_day)
+        fill_gaps_with_profile(data.train.scaled, data.series, model, tc.steps_per_day)  # splits share it
     mean, std = data.target_scale()
     if config.clamp:
         train_part = torch.from_numpy(data.series.values[: data.boundaries[0], :, config.target_feature])
@@ -506,6 +559,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, device: str = "aut
     split = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), meta["target_feature"],
                     scaler=Scaler.from_dict(meta["scaler"]), time_features=tc.time_feature_list(),
                     steps_per_day=tc.steps_per_day)
+    fill_gaps_with_profile(split.test.scaled, split.series, model, tc.steps_per_day)
     dev = resolve_device(device)
     model.to(dev)
     zeros_missing = tc.missing_zeros()
@@ -525,6 +579,7 @@ def predict(checkpoint: str | Path, data: str, out: str | Path, device: str = "a
         raise ValueError(f"{data}: {series.num_steps} steps, fewer than seq_len={config.seq_len}")
     scaler = Scaler.from_dict(meta["scaler"])
     scaled = model_inputs(series, scaler, tc.time_feature_list(), tc.steps_per_day)
+    fill_gaps_with_profile(scaled, series, model, tc.steps_per_day)
     f = meta["target_feature"]
     mean, std = torch.from_numpy(scaler.mean[:, f]), torch.from_numpy(scaler.std[:, f])
     dev = resolve_device(device)

@@ -180,3 +180,51 @@ def test_the_profile_is_weekly_only_from_enough_training_weeks(small_config, tmp
     assert np.allclose(model.seasonal.profile.numpy() * std + mean, table, atol=1e-5)
     saturday_ahead = model.seasonal.profile[5 * PER_DAY].mean() > model.seasonal.profile[0].mean() + 0.5
     assert bool(saturday_ahead) is weekly
+
+
+@pytest.mark.parametrize("seasonal", [True, False])
+def test_train_turns_the_seasonal_residual_on_where_the_profile_beats_the_node_means(tmp_path, seasonal):
+    from sthfast.training import TrainConfig, model_config
+
+    steps = 10 * 7 * PER_DAY
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(steps, 11))
+    if seasonal:                                          # a daily cycle far above the noise
+        values += 5 * np.sin(2 * np.pi * np.arange(steps) / PER_DAY)[:, None]
+    path = tmp_path / "series.npz"
+    np.savez(path, data=values.astype(np.float32))
+    tc = TrainConfig(data=str(path), protocol="standard", steps_per_day=PER_DAY)
+    config, tc_used = model_config(load_series(path), tc, {})
+    assert config.seasonal_residual is seasonal
+    assert (config.time_of_day_channel is not None) is seasonal            # the calendar only when needed
+    assert tc_used.time_features == ("time_of_day,day_of_week" if seasonal else tc.time_features)
+    for given in (True, False):                                             # a flag overrides the rule
+        assert model_config(load_series(path), tc, {"seasonal_residual": given})[0].seasonal_residual is given
+
+
+def test_gaps_in_the_inputs_read_as_the_profile_under_the_seasonal_residual(small_config, tmp_path):
+    from sthfast.data import model_inputs
+    from sthfast.training import fill_gaps_with_profile, fit_seasonal_profile
+
+    steps = 3 * 7 * PER_DAY
+    values = np.random.default_rng(0).random((steps, 11)).astype(np.float32)
+    values[5:9, 2] = values[40, 7] = np.nan
+    np.savez(tmp_path / "gaps.npz", data=values)
+    series = load_series(tmp_path / "gaps.npz")
+    model = STHSepNet(calendar_config(small_config, seasonal_residual=True))
+    data = prepare(series, model.config.seq_len, model.config.pred_len, time_features=("time_of_day", "day_of_week"),
+                   steps_per_day=PER_DAY)
+    fit_seasonal_profile(model, data, PER_DAY)
+    scaled = data.train.scaled
+    before = scaled.clone()
+    fill_gaps_with_profile(scaled, series, model, PER_DAY)
+    cal = calendar(series, PER_DAY)
+    week_slot = cal.weekday * PER_DAY + cal.day_slot
+    gaps = np.isnan(values)
+    assert torch.equal(scaled[..., 0][torch.from_numpy(~gaps)], before[..., 0][torch.from_numpy(~gaps)])
+    expected = model.seasonal.profile[torch.from_numpy(week_slot)][torch.from_numpy(gaps)]
+    assert torch.equal(scaled[..., 0][torch.from_numpy(gaps)], expected) and expected.abs().min() > 0
+    assert torch.equal(scaled[..., 1:], before[..., 1:])                          # calendar channels untouched
+    plain = model_inputs(series, data.scaler)
+    fill_gaps_with_profile(plain, series, STHSepNet(small_config()), PER_DAY)     # no residual: gaps stay 0
+    assert (plain[..., 0][torch.from_numpy(gaps)] == 0).all()

@@ -27,6 +27,19 @@ def test_every_fusion_shape(small_config, fusion):
     assert STHSepNet(c)(batch(c)).shape == (3, c.pred_len, c.num_nodes)
 
 
+@pytest.mark.parametrize("fusion", ["gate", "dense_gate"])
+def test_gate_init_sets_the_temporal_share_at_the_start(small_config, fusion):
+    from sthfast.nn.fusion import FUSION_MODULES
+    y_time, y_space = torch.ones(64, 6, 11), torch.zeros(64, 6, 11)      # the output is the share
+    for share in (0.5, 0.1, 0.9):
+        torch.manual_seed(0)
+        gate = FUSION_MODULES[fusion](small_config(fusion=fusion, gate_init=share))
+        assert gate(y_time, y_space).mean().item() == pytest.approx(share, abs=0.05)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="gate_init"):
+            small_config(gate_init=bad)
+
+
 @pytest.mark.parametrize("graph, hypergraph", list(itertools.product(GRAPHS, HYPERGRAPHS)))
 def test_every_graph_and_hypergraph_shape(small_config, graph, hypergraph):
     c = small_config(graph=graph, hypergraph=hypergraph, fusion="spatial_only")

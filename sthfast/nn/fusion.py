@@ -6,10 +6,19 @@ embedding only), so they scale to thousands of nodes.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from ..config import STHSepNetConfig
+
+
+def start_gate(last: nn.Linear, share: float) -> None:
+    """Shift the bias of a gate's last layer by ``logit(share)``, so that the temporal stream's share
+    ``sigmoid(.)`` starts around ``share`` (0.5 leaves PyTorch's initialisation as it is)."""
+    with torch.no_grad():
+        last.bias.add_(math.log(share / (1 - share)))
 
 
 class NodeGate(nn.Module):
@@ -21,6 +30,7 @@ class NodeGate(nn.Module):
         self.node_embedding = nn.Embedding(c.num_nodes, c.node_emb_dim)
         self.mlp = nn.Sequential(nn.Linear(2 * c.pred_len + c.node_emb_dim, c.gate_hidden), nn.ReLU(),
                                  nn.Linear(c.gate_hidden, c.pred_len))
+        start_gate(self.mlp[-1], c.gate_init)
 
     def forward(self, y_time: Tensor, y_space: Tensor) -> Tensor:
         b, _, n = y_time.shape
@@ -37,6 +47,7 @@ class DenseGate(nn.Module):
     def __init__(self, c: STHSepNetConfig):
         super().__init__()
         self.linear = nn.Linear(2 * c.num_nodes, c.num_nodes)
+        start_gate(self.linear, c.gate_init)
 
     def forward(self, y_time: Tensor, y_space: Tensor) -> Tensor:
         gate = torch.sigmoid(self.linear(torch.cat([y_time, y_space], dim=-1)))  # [B, H, N]
