@@ -48,17 +48,17 @@ def _metrics(mae: float, val: float, horizons=("h3",)) -> dict:
 
 def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     listed = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "chickenpox/*"]).stdout.splitlines()
-    assert len(listed) == 3 + 10 and all(line.startswith("sthfast train --data ") for line in listed)
-    assert "--no-seasonal-residual --seed 1 --out runs/accuracy/chickenpox/no_seasonal-seed1" in listed[3]
+    assert len(listed) == 3 + 3 + 8 and all(line.startswith("sthfast train --data ") for line in listed)
+    assert "--seasonal-residual --seed 1 --out runs/accuracy/chickenpox/with_seasonal-seed1" in listed[5]
     results = tmp_path / "results" / "chickenpox"
     results.mkdir(parents=True)
-    for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("no_seasonal-seed1", 1.5, 0.9)):
+    for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("with_seasonal-seed1", 1.5, 0.9)):
         metrics = {**_metrics(mae, val), "campaign": {"commit": "abc1234", "date": "2026-12-03", "machine": "CPU"}}
         (results / f"{name}.json").write_text(json.dumps(metrics))
     text = _run(["benchmarks/accuracy_table.py", str(tmp_path / "results")]).stdout
     assert "runs at commit(s) abc1234, on 2026-12-03" in text
     assert "## CHICKENPOX-HU, 4 weeks -> 1" in text and "LOS-LOOP, paper protocol (48 -> 48) | not run" in text
     assert "| STH-SepNet (defaults) | 2 | 0.600 ± 0.141 | 1.200 ± 0.283 |" in text
-    assert "| without the seasonal residual | 1 | 1.500 | 3.000 |" in text
-    assert "| CHICKENPOX-HU, 4 weeks -> 1 | 2 of 2 seeds | not run | 0.500 vs 0.900 (better or equal) |" in text
+    assert "| with the seasonal residual | 1 | 1.500 | 3.000 |" in text
+    assert "| CHICKENPOX-HU, 4 weeks -> 1 | 2 of 2 seeds | not run | not run | 0.500 vs 0.900 (better or equal) |" in text
     assert "| STH-SepNet (defaults) | 0.500 ± 0.141 | 2/2 | 1/1 | 2.0 | 2 of 2 |" in text

@@ -236,9 +236,9 @@ def test_masked_losses_ignore_missing_targets():
         TrainConfig(loss="huber")
 
 
-def test_the_mae_loss_trains_and_is_recorded(tiny_backbones, tmp_path):
-    mse = _tiny_train(tiny_backbones, tmp_path / "mse", epochs=1)
-    mae = _tiny_train(tiny_backbones, tmp_path / "mae", epochs=1, loss="mae")
+def test_the_mae_loss_is_the_default_and_is_recorded(tiny_backbones, tmp_path):
+    mse = _tiny_train(tiny_backbones, tmp_path / "mse", epochs=1, loss="mse")
+    mae = _tiny_train(tiny_backbones, tmp_path / "mae", epochs=1)
     assert mae["history"][0]["train_loss"] != mse["history"][0]["train_loss"]
     saved = json.loads((tmp_path / "mae/checkpoint/last/meta.json").read_text())
     assert saved["train_config"]["loss"] == "mae"
