@@ -36,7 +36,7 @@ import json, statistics, sys, time, torch
 spec = json.loads(sys.argv[1])
 torch.manual_seed(0)
 from sthfast import ops, reference
-from sthfast.faiss_search import _faiss
+from sthfast.backends.faiss_search import _faiss
 if spec.get("faiss_import", True):
     try:
         _faiss()
@@ -154,14 +154,14 @@ def main() -> None:
 
     import torch
 
-    from sthfast import backends, ops
+    from sthfast import optional_deps, ops
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = [measure(spec) for spec in cases(args.quick)]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
     record = {"date": started, "commit": commit, "machine": platform.processor() or platform.machine(),
-              "cpus": os.cpu_count(), "torch": torch.__version__, "faiss": backends.probe("faiss").detail,
+              "cpus": os.cpu_count(), "torch": torch.__version__, "faiss": optional_deps.probe("faiss").detail,
               "propagation": ops.resolve("hypergraph_mixprop", "auto", "cpu"),
               "command": "python benchmarks/large_n.py", "results": results}
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")

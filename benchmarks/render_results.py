@@ -67,7 +67,7 @@ def gpu_section(run: dict | None) -> list[str]:
 
 
 def large_n_section(run: dict) -> list[str]:
-    from sthfast.faiss_search import APPROX_MIN_POINTS  # noqa: PLC0415
+    from sthfast.backends.faiss_search import APPROX_MIN_POINTS  # noqa: PLC0415
     from sthfast.memory import hypergraph_stage_bytes  # noqa: PLC0415 (the documented model)
 
     res = [r for r in run["results"] if "error" not in r or r["kind"] == "train_step"]

@@ -25,7 +25,8 @@ from conftest import call_peak_mib, own_peak_mib
 
 import authors_approach
 import peers
-from sthfast import STHSepNet, STHSepNetConfig, backends, extension, ops
+from sthfast import STHSepNet, STHSepNetConfig, optional_deps, ops
+from sthfast.backends import extension
 
 QUICK = os.environ.get("STHFAST_BENCH_QUICK") == "1"
 SIZES = (64,) if QUICK else (207, 358, 883, 8600)
@@ -109,7 +110,7 @@ DENSE_LIMIT = 1000   # the reference's dense propagation at B = 32 beyond this: 
 
 
 def _skip_reason(op: str, backend: str, n: int, dtype: str) -> str | None:
-    if backend == "faiss" and not backends.probe("faiss").ok:
+    if backend == "faiss" and not optional_deps.probe("faiss").ok:
         return "FAISS is not installed"
     if backend == "cpp" and not extension.available():
         return "the C++ extension is not built"

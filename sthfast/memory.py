@@ -17,7 +17,7 @@ For node features ``z [N, d]``, ``k`` members per hyperedge, and MixProp of dept
     ``u`` of allocator slack (fitted); plus the
     kernel's scratch, per worker thread (at most one per work item): ``D + 2`` tiles of
     ``N x width`` values forward, 6 backward (``width`` from the kernel's tiling rule,
-    :func:`sthfast.extension.mixprop_tile_width`), and the backward's value-gradient accumulators
+    :func:`sthfast.backends.extension.mixprop_tile_width`), and the backward's value-gradient accumulators
     (``2 k N`` values per thread). Nothing else: no library workspace is left on this path
     (measured / model 0.9 to 1.2 from N = 20,000 to 100,000 in benchmarks/RESULTS.md, where the
     repeated calls' allocator slack is in the measurement).
@@ -36,7 +36,7 @@ with ``subgraph_size`` entries per row, and the per-node parameters.
 
 from __future__ import annotations
 
-from .sparse.neighbors import MARGIN   # candidates searched beyond k
+from .backends.sparse.neighbors import MARGIN   # candidates searched beyond k
 
 WORKSPACE_BYTES = 300 << 20
 
@@ -57,7 +57,7 @@ def hypergraph_stage_bytes(n: int, k: int = 3, d: int = 40, b: int = 1, c: int =
     if not fused:
         activations = unit * (2 * depth + 3) + (unit * (2 * depth + 5) if backward else 0)
         return WORKSPACE_BYTES + structure + activations
-    from .extension import mixprop_tile_width  # noqa: PLC0415 (the kernel's own tiling rule)
+    from .backends.extension import mixprop_tile_width  # noqa: PLC0415 (the kernel's own tiling rule)
 
     width = mixprop_tile_width(n, c, t)
     workers = min(threads, b * -(-c * t // width))                 # at most one per work item

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .config import BACKENDS, STHSepNetConfig
+from .backends import BACKENDS
+from .config import STHSepNetConfig
 from .model import STHSepNet
 from .profiling import PREFIX, STAGES, table_rows
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import backends
+from . import optional_deps
 from . import checkpoint as ckpt
 from .baselines import fit_baselines
 from .config import STHSepNetConfig, help_field
@@ -169,7 +169,7 @@ def use_bf16(tc: TrainConfig, config: STHSepNetConfig, device: torch.device) -> 
     for CPUs with bfloat16 matrix instructions and inputs of at least :data:`BF16_MIN_SEQ_LEN` steps."""
     if tc.bf16 is not None:
         return tc.bf16
-    return device.type == "cpu" and config.seq_len >= BF16_MIN_SEQ_LEN and backends.probe("cpu_bf16").ok
+    return device.type == "cpu" and config.seq_len >= BF16_MIN_SEQ_LEN and optional_deps.probe("cpu_bf16").ok
 
 
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str = "mse") -> torch.Tensor:

@@ -3,16 +3,16 @@ import sys
 
 import pytest
 
-from sthfast import backends
+from sthfast import optional_deps
 from sthfast.cli import main
 
 
 def test_info_reports_backends_and_backbone(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for piece in backends.OPTIONAL:
+    for piece in optional_deps.OPTIONAL:
         assert piece in out
-    from sthfast import extension
+    from sthfast.backends import extension
 
     assert f"pool_patch             cpu: {'cpp' if extension.available() else 'reference'}" in out
     assert "knn_hypergraph         cpu: sparse" in out
@@ -20,7 +20,7 @@ def test_info_reports_backends_and_backbone(capsys):
 
 
 def test_info_says_what_is_missing(monkeypatch, capsys):
-    monkeypatch.setattr(backends, "probe", lambda name: backends.Found(name, False, f"{name} missing here"))
+    monkeypatch.setattr(optional_deps, "probe", lambda name: optional_deps.Found(name, False, f"{name} missing here"))
     main(["info"])
     out = capsys.readouterr().out
     assert "triton                 no   triton missing here" in out

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 import torch
 
-from sthfast import backends, extension, ops
+from sthfast import optional_deps, ops
+from sthfast.backends import extension
 
 pytestmark = pytest.mark.skipif(not extension.available(),
                                 reason=f"the C++ extension is not built: {extension.load()}")
@@ -122,7 +123,7 @@ def test_auto_picks_the_extension_on_cpu_and_the_model_agrees_with_the_reference
     from sthfast import STHSepNet
 
     assert ops.resolve("pool_patch", "auto", "cpu") == "cpp"
-    assert backends.probe("extension").ok
+    assert optional_deps.probe("extension").ok
     x = torch.randn(3, 12, 11, 1, generator=torch.Generator().manual_seed(0))
     outs = []
     for backend in ("cpp", "reference"):

@@ -10,11 +10,12 @@ import sys
 import pytest
 import torch
 
-from sthfast import backends, extension, ops, reference
+from sthfast import optional_deps, ops, reference
+from sthfast.backends import extension
 
-from sthfast import faiss_search
+from sthfast.backends import faiss_search
 
-needs_faiss = pytest.mark.skipif(not backends.probe("faiss").ok, reason="FAISS is not installed")
+needs_faiss = pytest.mark.skipif(not optional_deps.probe("faiss").ok, reason="FAISS is not installed")
 
 
 def recall(found: torch.Tensor, truth: torch.Tensor) -> float:
@@ -97,20 +98,20 @@ def test_auto_uses_faiss_from_the_threshold():
 def without_faiss(monkeypatch):
     """FAISS not installed: ``import faiss`` fails and the probe is re-run."""
     monkeypatch.setitem(sys.modules, "faiss", None)
-    backends.probe.cache_clear()
+    optional_deps.probe.cache_clear()
     faiss_search._faiss.cache_clear()
     yield
-    backends.probe.cache_clear()
+    optional_deps.probe.cache_clear()
     faiss_search._faiss.cache_clear()
 
 
 def test_small_searches_do_not_import_faiss(monkeypatch):
-    monkeypatch.setattr(backends, "probe", lambda name: pytest.fail(f"probed {name}"))
+    monkeypatch.setattr(optional_deps, "probe", lambda name: pytest.fail(f"probed {name}"))
     assert ops.resolve("topk_neighbors", "auto", "cpu", ops.FAISS_MIN_POINTS - 1) == "sparse"
 
 
 def test_without_faiss_auto_falls_back_and_naming_it_is_a_clear_error(without_faiss):
-    found = backends.probe("faiss")
+    found = optional_deps.probe("faiss")
     assert not found.ok and "not installed" in found.detail
     assert ops.resolve("topk_neighbors", "auto", "cpu", 10 ** 6) == "sparse"
     z = uniform(ops.FAISS_MIN_POINTS, 4, 3)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sthfast import ops, reference, sparse
-from sthfast.sparse import neighbors, structure
+from sthfast import ops, reference
+from sthfast.backends import sparse
+from sthfast.backends.sparse import neighbors, structure
 
 from fast_backends import CPP, FAST_BACKENDS, MODEL_BACKENDS, SPMM_BACKENDS
 
@@ -274,10 +275,10 @@ def spmm_and_topk(backend):
     if backend == "sparse":
         return sparse.spmm, sparse.topk
     if backend == "faiss":
-        from sthfast import faiss_search
+        from sthfast.backends import faiss_search
 
         return sparse.spmm, faiss_search.topk
-    from sthfast import kernels
+    from sthfast.backends import triton as kernels
 
     return kernels.spmm, kernels.topk
 

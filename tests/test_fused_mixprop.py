@@ -12,9 +12,10 @@ import sys
 import pytest
 import torch
 
-from sthfast import extension, ops, sparse
-from sthfast.sparse import structure
-from sthfast.sparse.propagate import HYPERGRAPH_HOPS
+from sthfast import ops
+from sthfast.backends import extension, sparse
+from sthfast.backends.sparse import structure
+from sthfast.backends.sparse.propagate import HYPERGRAPH_HOPS
 
 pytestmark = pytest.mark.skipif(not extension.available(),
                                 reason=f"the C++ extension is not built: {extension.load()}")
@@ -69,7 +70,7 @@ def test_thread_count_changes_only_the_summation_order():
 BASELINE_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
-from sthfast import extension
+from sthfast.backends import extension
 from test_fused_mixprop import hypergraph_case, outputs_and_grads
 z, x = hypergraph_case(2, 13, 17, 12, dtype=torch.float32)
 got, want = outputs_and_grads("cpp", z, x), outputs_and_grads("sparse", z, x)

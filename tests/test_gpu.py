@@ -5,11 +5,11 @@ Triton's interpreter)."""
 import pytest
 import torch
 
-from sthfast import backends, ops
+from sthfast import optional_deps, ops
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-              pytest.mark.skipif(not backends.probe("triton").ok, reason="needs Triton")]
+              pytest.mark.skipif(not optional_deps.probe("triton").ok, reason="needs Triton")]
 
 
 @pytest.mark.parametrize("backend", ["triton", "sparse"])

@@ -4,7 +4,8 @@ Skipped with a reason where there is no GPU or no GPU build of FAISS."""
 import pytest
 import torch
 
-from sthfast import faiss_search, ops, reference
+from sthfast import ops, reference
+from sthfast.backends import faiss_search
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),

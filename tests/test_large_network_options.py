@@ -144,7 +144,8 @@ def test_static_graph_and_reused_neighbours_survive_a_checkpoint(small_config, t
 
 LARGE_MODEL_SCRIPT = """
 import json, resource, sys, time, torch
-from sthfast import STHSepNet, STHSepNetConfig, faiss_search, ops
+from sthfast import STHSepNet, STHSepNetConfig, ops
+from sthfast.backends import faiss_search
 config = STHSepNetConfig(**json.loads(sys.argv[1]))
 headroom = int(sys.argv[2])
 torch.manual_seed(0)
@@ -182,9 +183,9 @@ def test_whole_model_at_44000_nodes_with_auto_allocates_no_n_by_n_tensor(small_c
                           env={**os.environ, "MALLOC_ARENA_MAX": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    from sthfast import backends
+    from sthfast import optional_deps
 
-    assert result["search"] == ("faiss" if backends.probe("faiss").ok else "sparse")
+    assert result["search"] == ("faiss" if optional_deps.probe("faiss").ok else "sparse")
 
 
 @pytest.mark.slow

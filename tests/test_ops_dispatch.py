@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from sthfast import backends, ops, reference
+from sthfast import optional_deps, ops, reference
 
 
 def test_auto_picks_per_op_on_cpu():
-    from sthfast import extension
+    from sthfast.backends import extension
 
     assert set(ops.OPS) == {"pool_patch", "topk_neighbors", "knn_hypergraph", "hypergraph_mixprop",
                             "adaptive_graph", "graph_mixprop", "static_graph"}
@@ -67,9 +67,9 @@ def test_every_backend_registers_both_ops_of_a_pair():
 
 
 def test_probe_reports_every_optional_piece():
-    for name in backends.OPTIONAL:
-        found = backends.probe(name)
+    for name in optional_deps.OPTIONAL:
+        found = optional_deps.probe(name)
         assert found.name == name and isinstance(found.ok, bool) and found.detail
-    assert backends.probe("cuda").ok == torch.cuda.is_available()
+    assert optional_deps.probe("cuda").ok == torch.cuda.is_available()
     with pytest.raises(ValueError, match="unknown optional piece"):
-        backends.probe("quantum")
+        optional_deps.probe("quantum")

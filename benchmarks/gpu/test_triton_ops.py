@@ -10,9 +10,9 @@ One call on a lent GPU runs all of it; skipped with a reason elsewhere:
 import pytest
 import torch
 
-from sthfast import backends, ops
+from sthfast import optional_deps, ops
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and backends.probe("triton").ok),
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and optional_deps.probe("triton").ok),
                                 reason="needs a CUDA device and Triton")
 
 D, K, C, T, DEPTH, BETA = 40, 3, 32, 12, 2, 0.05
@@ -62,7 +62,7 @@ def test_gpu_stage(benchmark, op, backend, n):
 @pytest.mark.parametrize("n", [8_600, 100_000])
 @pytest.mark.parametrize("backend", ["reference", "cuda"])
 def test_gpu_pool_patch(benchmark, backend, n):
-    from sthfast import extension
+    from sthfast.backends import extension
 
     if backend == "cuda" and not extension.has_cuda_kernels():
         pytest.skip("the extension was built without its CUDA kernels")

@@ -5,7 +5,7 @@
 // MixProp over a sparse operator, all depth steps in one pass over x [B, C, N, T]:
 //   h_0 = x,  h_{j+1} = beta x + P h_j,  out[b, j C + c] = h_j[b, c]   (out [B, (D + 1) C, N, T])
 // P is a chain of one or two "hops" over one sparse matrix S (R x N, stored in CSR for S and for S^T,
-// as sthfast.sparse.SparseRows holds it), each hop with its own value vector vals[v] (same pattern):
+// as sthfast.backends.sparse.SparseRows holds it), each hop with its own value vector vals[v] (same pattern):
 //   hop (transpose = false, v): out[r] = sum_{p in row r of S}   vals[v][p] in[col[p]]       (N -> R rows)
 //   hop (transpose = true,  v): out[n] = sum_{q in row n of S^T} vals[v][from_t[q]] in[t_col[q]]  (R -> N)
 // The hypergraph is the chain (false, gather), (true, spread): node -> hyperedge mean -> node mean;

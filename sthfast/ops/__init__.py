@@ -11,7 +11,7 @@ never fails where the reference works.
 
 Constructor ops (``knn_hypergraph``, ``adaptive_graph``) return a structure that the same
 backend's propagation op (``hypergraph_mixprop``, ``graph_mixprop``) understands: a dense tensor
-for ``reference``, :class:`sthfast.sparse.SparseRows` for every other backend, so ``auto`` may
+for ``reference``, :class:`sthfast.backends.sparse.SparseRows` for every other backend, so ``auto`` may
 resolve each op on its own. A backend registers both ops of a pair or neither (see :data:`PAIRS`;
 a test checks every registered backend).
 """
@@ -23,12 +23,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import backends, extension, faiss_search, reference, sparse
+from .. import optional_deps, reference
+from ..backends import AUTO_ORDER, BACKENDS, extension, faiss_search, sparse
 
-AUTO_ORDER = ("triton", "cuda", "cpp", "faiss", "sparse", "reference")
 PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
          ("static_graph", "graph_mixprop"))
-BACKEND_NAMES = ("auto",) + AUTO_ORDER
 # Points from which ``auto`` searches neighbours with FAISS rather than the tiled torch search on
 # the CPU: where FAISS's flat search overtook it on a 2-core CPU (benchmarks/large_n.py, RESULTS.md).
 # On CUDA ``auto`` keeps Triton when it is installed (FAISS GPU unmeasured here: name ``faiss``).
@@ -64,8 +63,8 @@ def resolve(op: str, backend: str, device: torch.device | str, points: int = 0) 
     search) when asked for ``backend``."""
     device = torch.device(device)
     impls = _REGISTRY[op]
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend={backend!r} is not one of {list(BACKEND_NAMES)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {list(BACKENDS)}")
     if backend == "auto" or backend not in impls:  # a backend that lacks the op leaves it to auto
         return next(name for name in AUTO_ORDER   # sizes first: small searches never probe FAISS
                     if name in impls and points >= impls[name][3] and impls[name][1](device))
@@ -123,7 +122,7 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2", *,
                    backend: str = "auto") -> Tensor:
     """``query[..., N, d], key[..., M, d]`` -> indices ``[..., N, k]``, best first, ties to the
     smaller index; see :func:`sthfast.reference.topk_neighbors`. ``approximate`` lets the
-    ``faiss`` backend use an approximate index on large key sets (:mod:`sthfast.faiss_search`);
+    ``faiss`` backend use an approximate index on large key sets (:mod:`sthfast.backends.faiss_search`);
     every other search is exact."""
     _check_points("query", query, k, key)
     if key.shape[:-2] != query.shape[:-2] or key.shape[-1] != query.shape[-1]:
@@ -139,7 +138,7 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2", *,
 def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float | Tensor = 1.0, *,
                    neighbors: Tensor | None = None, backend: str = "auto"):
     """Node features ``z[..., N, d]`` -> the merged KNN hypergraph: the reference returns the dense
-    incidence ``H [..., N, N]``, the other backends ``H^T`` as :class:`sthfast.sparse.SparseRows`;
+    incidence ``H [..., N, N]``, the other backends ``H^T`` as :class:`sthfast.backends.sparse.SparseRows`;
     see :func:`sthfast.reference.knn_hypergraph`. ``neighbors [..., N, k]`` (self first, from
     :func:`topk_neighbors` with ``self_first=True``) skips the search: the membership weights are
     still computed from ``z``, so they stay differentiable. ``temperature``: a positive number or
@@ -161,7 +160,7 @@ def hypergraph_mixprop(x: Tensor, hypergraph, depth: int, beta: float, *,
 
 def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float, *, backend: str = "auto"):
     """Top-``k``-per-row adaptive graph from ``m1, m2 [N, d]`` (the reference returns dense
-    ``[N, N]``, the other backends :class:`sthfast.sparse.SparseRows`); see
+    ``[N, N]``, the other backends :class:`sthfast.backends.sparse.SparseRows`); see
     :func:`sthfast.reference.adaptive_graph`."""
     _check_points("m1", m1, k)
     return _impl("adaptive_graph", backend, m1.device, m1.shape[0])(m1, m2, k, alpha)
@@ -237,16 +236,16 @@ register("pool_patch", "cuda", extension.pool_patch,
 
 
 def _triton_auto(device: torch.device) -> bool:
-    return device.type == "cuda" and backends.probe("triton").ok and backends.triton_gpu_ok(device)
+    return device.type == "cuda" and optional_deps.probe("triton").ok and optional_deps.triton_gpu_ok(device)
 
 
 def _triton_runs(device: torch.device) -> bool:
-    return _triton_auto(device) or (device.type == "cpu" and backends.triton_interpreter())
+    return _triton_auto(device) or (device.type == "cpu" and optional_deps.triton_interpreter())
 
 
 def _triton(op: str) -> Callable:
     def run(*args):
-        from ..kernels import OPS  # noqa: PLC0415 (imports Triton: only when the backend runs)
+        from ..backends.triton import OPS  # noqa: PLC0415 (imports Triton: only when the backend runs)
 
         return OPS[op](*args)
 

@@ -17,14 +17,14 @@ import functools
 import torch
 from torch import Tensor
 
-from .reference.pool_patch import num_patches
+from ..reference.pool_patch import num_patches
 
 
 @functools.lru_cache(maxsize=None)
 def load() -> str | None:
     """Import the extension once; None when it loaded, else why not (one line)."""
     try:
-        from . import _C  # noqa: F401, PLC0415 (importing registers the ops)
+        from .. import _C  # noqa: F401, PLC0415 (importing registers the ops)
     except ImportError as err:
         return f"not built ({err}); see csrc/README.md"
     try:
@@ -74,7 +74,7 @@ def mixprop(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ..
     """Fused MixProp ``h_0 = x, h_{j+1} = beta x + P h_j`` over ``x [B, C, N, T]`` ->
     ``[B, C (depth + 1), N, T]``, all steps in one pass (``csrc/cpu/mixprop_cpu.cpp``).
 
-    ``structure`` is a :class:`sthfast.sparse.SparseRows` ``S`` and ``vals [V, nnz]`` value vectors
+    ``structure`` is a :class:`sthfast.backends.sparse.SparseRows` ``S`` and ``vals [V, nnz]`` value vectors
     on its pattern (in its forward order); ``P`` applies ``hops`` in turn, each ``S`` (or ``S^T``
     when its flag is set) with its value vector. Gradients reach ``x`` and ``vals``. The op saves
     its output for the backward: modifying the output in place is then an error, as for any op
@@ -182,7 +182,7 @@ def _register_pool_patch() -> None:
     def backward(ctx, grad_patches, grad_mean, grad_std, _):
         series, std, weight, x = ctx.saved_tensors
         if torch.is_grad_enabled():          # create_graph: differentiate the reference twin
-            from .reference import pool_patch as reference_pool_patch  # noqa: PLC0415
+            from ..reference import pool_patch as reference_pool_patch  # noqa: PLC0415
 
             twin = lambda: reference_pool_patch(x, ctx.patch_len, ctx.stride, ctx.normalize, ctx.eps, weight)
             return (*_recomputed_backward(twin, [x], [grad_patches, grad_mean, grad_std]),

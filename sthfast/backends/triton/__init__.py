@@ -1,6 +1,6 @@
 """The ``triton`` backend: Triton kernels for the tiled top-k search (:mod:`.topk`) and the sparse
 gather primitive (:mod:`.spmm`), plugged into the structure builders and propagation of
-:mod:`sthfast.sparse`, which are device-agnostic torch index ops.
+:mod:`sthfast.backends.sparse`, which are device-agnostic torch index ops.
 
 Importing this module imports Triton; :mod:`sthfast.ops` does so only on first use of the backend.
 On a machine without a GPU the kernels run only under ``TRITON_INTERPRET=1`` (set before Triton is

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .. import reference
+from ... import reference
 
 
 class SparseRows(NamedTuple):

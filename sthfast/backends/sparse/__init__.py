@@ -1,7 +1,7 @@
 """The ``sparse`` backend: O(N k) structures and gathers, no ``N x N`` tensor anywhere.
 
 :func:`backend_ops` assembles the model's ops from two interchangeable pieces, a top-k search and a
-sparse-times-dense kernel pair, so that the ``triton`` backend (:mod:`sthfast.kernels`) reuses every
+sparse-times-dense kernel pair, so that the ``triton`` backend (:mod:`sthfast.backends.triton`) reuses every
 structure builder and propagation here and swaps only those kernels. The ``sparse`` pieces are
 torch's own: the tiled search of :mod:`.neighbors`, CSR ``torch.sparse.mm`` and
 ``torch.sparse.sampled_addmm`` (MKL / cuSPARSE, multi-threaded), so ``sparse`` runs on any device.
@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import reference
+from ... import reference
 from . import neighbors, propagate, structure
 from .custom_ops import define_spmm, define_topk
 from .structure import SparseRows
@@ -59,7 +59,7 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
     """The structure / propagation ops of :mod:`sthfast.ops` built on ``spmm`` and ``topk``
     (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``); the propagations run
     step by step through ``spmm``, or with a fused ``mixprop`` kernel
-    (:func:`sthfast.extension.mixprop`) through it (see :mod:`.propagate`)."""
+    (:func:`sthfast.backends.extension.mixprop`) through it (see :mod:`.propagate`)."""
     propagator = (propagate.fused(mixprop) if mixprop is not None
                   else functools.partial(propagate.by_steps, spmm))
 

@@ -51,7 +51,7 @@ def probe(name: str) -> Found:
             return Found(name, False, f"no CUDA device (torch {torch.__version__} is {built})")
         return Found(name, True, f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}")
     if name == "extension":
-        from . import extension  # noqa: PLC0415
+        from .backends import extension  # noqa: PLC0415
 
         if not extension.available():
             return Found(name, False, f"{extension.load()}: pool_patch runs the reference, "

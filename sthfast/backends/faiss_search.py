@@ -1,7 +1,7 @@
 """Neighbour search with FAISS (optional: ``pip install 'sthfast[faiss-cpu]'`` or ``[faiss-gpu]``),
 for large point sets: the ``faiss`` backend's top-k.
 
-FAISS proposes ``k + MARGIN`` candidates per query, which :func:`sthfast.sparse.neighbors.refine`
+FAISS proposes ``k + MARGIN`` candidates per query, which :func:`sthfast.backends.sparse.neighbors.refine`
 re-scores exactly and orders by (score, index), so ties and scores are the reference's:
 
 * **exact** (default): a flat index (``IndexFlatL2`` / ``IndexFlatIP``; ``GpuIndexFlat*`` for CUDA
@@ -29,7 +29,8 @@ import math
 import torch
 from torch import Tensor
 
-from . import backends, sparse
+from .. import optional_deps
+from . import sparse
 from .sparse.custom_ops import define_topk
 from .sparse.neighbors import MARGIN, per_point_set, refine
 
@@ -51,7 +52,7 @@ def _faiss():
 
 def runs_on(device: torch.device) -> bool:
     """Whether FAISS is installed and can search tensors on ``device`` (CUDA needs a GPU build)."""
-    if not backends.probe("faiss").ok:
+    if not optional_deps.probe("faiss").ok:
         return False
     if device.type == "cuda":
         faiss = _faiss()

@@ -1,4 +1,4 @@
-"""Triton kernels of the sparse primitive (:mod:`sthfast.sparse.custom_ops`): a CSR row gather and a
+"""Triton kernels of the sparse primitive (:mod:`sthfast.backends.sparse.custom_ops`): a CSR row gather and a
 sampled dot product. Accumulation is in float32 (float64 for float64 inputs), weights included."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from autograd. Two propagators run a chain:
   shared structure; ``rows = B N`` and ``F = C T`` for a block-diagonal one), transposed once per
   MixProp call. Each step costs its products plus one add over ``[rows, F]``: memory traffic, not
   arithmetic.
-* :func:`fused` (backend ``cpp``, over :func:`sthfast.extension.mixprop`): every step in one
+* :func:`fused` (backend ``cpp``, over :func:`sthfast.backends.extension.mixprop`): every step in one
   kernel call, tile by tile in cache, ``x`` read once and the output written once in the model's
   layout; on the CPU the step-by-step path's layout copies and passes (torch's CSR kernels also
   zero their outputs first) are most of its time.
@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .. import reference
-from ..profiling import stage
+from ... import reference
+from ...profiling import stage
 from .structure import SparseRows
 
 Spmm = Callable[..., Tensor]
@@ -81,7 +81,7 @@ def by_steps(spmm: Spmm, x: Tensor, s: SparseRows, values: Sequence[Tensor], hop
 
 def fused(mixprop: Callable[..., Tensor]) -> Propagator:
     """A propagator running the whole chain in one ``mixprop(x, s, values [V, nnz], hops, depth,
-    beta)`` call (:func:`sthfast.extension.mixprop`); it has no per-hop stages."""
+    beta)`` call (:func:`sthfast.backends.extension.mixprop`); it has no per-hop stages."""
     def run(x: Tensor, s: SparseRows, values: Sequence[Tensor], hops: Hops, depth: int, beta: float,
             stages: Sequence[str] = ()) -> Tensor:
         return mixprop(x, s, torch.stack(list(values)), hops, depth, beta)

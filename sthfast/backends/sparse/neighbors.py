@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..reference.neighbors import pair_scores, scoring_precision
+from ...reference.neighbors import pair_scores, scoring_precision
 
 MARGIN = 4
 TILE_ELEMENTS = 1 << 22  # scores per coarse tile (16 MiB in float32)
