@@ -278,7 +278,7 @@ def spmm_and_topk(backend):
         from sthfast.backends import faiss_search
 
         return sparse.spmm, faiss_search.topk
-    from sthfast.backends import triton as kernels
+    from sthfast.backends.triton import backend as kernels
 
     return kernels.spmm, kernels.topk
 

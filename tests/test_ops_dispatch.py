@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sthfast import optional_deps, ops, reference
+from sthfast.backends import Implementation
 
 
 def test_auto_picks_per_op_on_cpu():
@@ -24,7 +25,7 @@ def test_unknown_and_unusable_backends_are_clear_errors():
         ops.resolve("pool_patch", "magic", "cpu")
     assert ops.resolve("pool_patch", "sparse", "cpu") == ops.resolve("pool_patch", "auto", "cpu")
     with pytest.raises(ValueError, match="is not one of"):
-        ops.register("pool_patch", "magic", lambda *a: None)
+        Implementation("pool_patch", "magic", lambda *a: None)
 
 
 def test_auto_prefers_a_registered_fast_path_only_where_it_runs(monkeypatch):
@@ -35,8 +36,8 @@ def test_auto_prefers_a_registered_fast_path_only_where_it_runs(monkeypatch):
         calls.append(args)
         return reference.pool_patch(*args)
 
-    ops.register("pool_patch", "sparse", fast, supports=lambda d: d.type == "cpu")
-    ops.register("pool_patch", "triton", fast, supports=lambda d: d.type == "cuda")
+    ops.register(Implementation("pool_patch", "sparse", fast, auto_on=lambda d: d.type == "cpu"))
+    ops.register(Implementation("pool_patch", "triton", fast, auto_on=lambda d: d.type == "cuda"))
     assert ops.resolve("pool_patch", "auto", "cpu") == "sparse"
     with pytest.raises(ValueError, match=r"backend 'triton' cannot run pool_patch on cpu; usable here: \['sparse', 'reference'\]"):
         ops.resolve("pool_patch", "triton", "cpu")
@@ -64,6 +65,13 @@ def test_reference_backend_ops_equal_the_reference_functions():
 def test_every_backend_registers_both_ops_of_a_pair():
     for constructor, propagation in ops.PAIRS:
         assert set(ops._REGISTRY[constructor]) == set(ops._REGISTRY[propagation]), (constructor, propagation)
+
+
+def test_every_op_has_a_reference_with_its_name_and_every_record_is_filed_under_it():
+    assert set(reference.OPS) == set(ops.OPS)
+    for op, impls in ops._REGISTRY.items():
+        assert impls["reference"].fn is getattr(reference, op)
+        assert all(i.op == op and i.backend == name for name, i in impls.items())
 
 
 def test_probe_reports_every_optional_piece():

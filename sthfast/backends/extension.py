@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..reference.pool_patch import num_patches
+from . import Implementation, nowhere, sparse
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,7 +149,7 @@ def _register_mixprop() -> None:
 def _by_steps(x: Tensor, index: list[Tensor], vals: Tensor, hop_transpose: list[int],
               hop_value: list[int], blocks: int, depth: int, beta: float) -> Tensor:
     """The fused MixProp's twin in PyTorch ops (the ``sparse`` backend's step-by-step products)."""
-    from .sparse import SparseRows, propagate, spmm  # noqa: PLC0415 (sparse imports nothing of ours)
+    from .sparse import SparseRows, propagate, spmm  # noqa: PLC0415
 
     row_ptr, col, col_ptr, t_col, from_t = index
     row = torch.repeat_interleave(torch.arange(row_ptr.shape[0] - 1, device=col.device), row_ptr.diff())
@@ -199,3 +200,28 @@ def _register_pool_patch() -> None:
 
     torch.library.register_autograd("sthfast::pool_patch_forward", backward,
                                     setup_context=setup_context)
+
+
+def runs_on_cpu(device: torch.device) -> bool:
+    return device.type == "cpu" and available()
+
+
+def runs_on_cuda(device: torch.device) -> bool:
+    return device.type == "cuda" and has_cuda_kernels()
+
+
+def _implementations() -> tuple[Implementation, ...]:
+    """pool + patch (``cpp`` on the CPU, ``cuda`` on GPUs) and the fused MixProps over sparse's
+    structures (``cpp``), which ``auto`` takes on the CPU; the constructors are sparse's, there
+    so that naming ``cpp`` works, never taken by ``auto`` (which resolves them on their own: the
+    tiled search or FAISS, by size)."""
+    fused = sparse.backend_ops(sparse.spmm, sparse.topk, mixprop=mixprop)
+    return (Implementation("pool_patch", "cpp", pool_patch, auto_on=runs_on_cpu),
+            Implementation("pool_patch", "cuda", pool_patch, auto_on=runs_on_cuda),
+            *(Implementation(op, "cpp", fused[op], auto_on=runs_on_cpu)
+              for op in ("hypergraph_mixprop", "graph_mixprop")),
+            *(Implementation(op, "cpp", fused[op], auto_on=nowhere, runs_on=runs_on_cpu)
+              for op in ("knn_hypergraph", "adaptive_graph", "static_graph")))
+
+
+IMPLEMENTATIONS = _implementations()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import optional_deps
-from . import sparse
+from . import Implementation, nowhere, sparse
 from .sparse.custom_ops import define_topk
 from .sparse.neighbors import MARGIN, per_point_set, refine
 
@@ -170,3 +170,13 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
 
 topk = define_topk("faiss", topk_neighbors)
 OPS = sparse.backend_ops(sparse.spmm, topk)   # FAISS search in the sparse builders and propagation
+# Points from which ``auto`` searches neighbours with FAISS rather than the tiled torch search on
+# the CPU: where FAISS's flat search overtook it on a 2-core CPU (benchmarks/large_n.py, RESULTS.md).
+# On CUDA ``auto`` keeps Triton when it is installed (FAISS GPU unmeasured here: name ``faiss``).
+FAISS_MIN_POINTS = 4096
+SEARCHES = ("topk_neighbors", "knn_hypergraph", "adaptive_graph")
+# auto takes the searches on large point sets; the propagations are sparse's, there so that naming
+# ``faiss`` works, never taken by auto (which resolves propagation on its own)
+IMPLEMENTATIONS = tuple(
+    Implementation(op, "faiss", fn, auto_on=runs_on, min_points=FAISS_MIN_POINTS) if op in SEARCHES
+    else Implementation(op, "faiss", fn, auto_on=nowhere, runs_on=runs_on) for op, fn in OPS.items())

@@ -3,11 +3,12 @@
 A backend is a family of fast paths: naming one selects it for the ops it implements (an error
 where it cannot run on the tensors' device) and leaves the ops it does not implement to ``auto``.
 
-Each op has a reference implementation (:mod:`sthfast.reference`). Fast paths register themselves
-with :func:`register` under a backend name; ``backend="auto"`` takes the first registered backend in
-:data:`AUTO_ORDER` that supports the tensors' device (and, for a neighbour search, the number of
-points: FAISS only from :data:`FAISS_MIN_POINTS`), and the reference when none does, so ``auto``
-never fails where the reference works.
+Each op has a reference implementation (``sthfast.reference.<op>``, same signature). Every backend
+module exports ``IMPLEMENTATIONS`` (:class:`sthfast.backends.Implementation` records), registered
+below; ``backend="auto"`` takes the first backend in :data:`AUTO_ORDER` whose record accepts the
+tensors' device (and, for a neighbour search, the number of points: FAISS only from
+:data:`FAISS_MIN_POINTS`), and the reference when none does, so ``auto`` never fails where the
+reference works.
 
 Constructor ops (``knn_hypergraph``, ``adaptive_graph``) return a structure that the same
 backend's propagation op (``hypergraph_mixprop``, ``graph_mixprop``) understands: a dense tensor
@@ -23,39 +24,19 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import optional_deps, reference
-from ..backends import AUTO_ORDER, BACKENDS, extension, faiss_search, sparse
+from .. import reference
+from ..backends import AUTO_ORDER, BACKENDS, Implementation, extension, faiss_search, sparse, triton
+from ..backends.faiss_search import FAISS_MIN_POINTS
 
 PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
          ("static_graph", "graph_mixprop"))
-# Points from which ``auto`` searches neighbours with FAISS rather than the tiled torch search on
-# the CPU: where FAISS's flat search overtook it on a 2-core CPU (benchmarks/large_n.py, RESULTS.md).
-# On CUDA ``auto`` keeps Triton when it is installed (FAISS GPU unmeasured here: name ``faiss``).
-FAISS_MIN_POINTS = 4096
 
-# op name -> backend name -> (implementation, auto picks it on device, runs on device if named,
-#                             fewest points for auto)
-_REGISTRY: dict[str, dict[str, tuple[Callable, Callable[[torch.device], bool],
-                                     Callable[[torch.device], bool], int]]] = {}
+_REGISTRY: dict[str, dict[str, Implementation]] = {}       # op name -> backend name -> implementation
 
 
-def _anywhere(device: torch.device) -> bool:
-    return True
-
-
-def _nowhere(device: torch.device) -> bool:
-    return False
-
-
-def register(op: str, backend: str, fn: Callable,
-             supports: Callable[[torch.device], bool] = _anywhere,
-             runs: Callable[[torch.device], bool] | None = None, min_points: int = 0) -> None:
-    """Register ``fn`` as ``backend``'s implementation of ``op``: ``auto`` picks it on the devices
-    ``supports`` accepts (for point sets of at least ``min_points``); named explicitly it runs
-    wherever ``runs`` accepts (default: the same, wider for Triton's CPU interpreter)."""
-    if backend not in AUTO_ORDER:
-        raise ValueError(f"backend {backend!r} is not one of {list(AUTO_ORDER)}")
-    _REGISTRY.setdefault(op, {})[backend] = (fn, supports, runs or supports, min_points)
+def register(implementation: Implementation) -> None:
+    """Add (or replace) ``implementation.backend``'s implementation of ``implementation.op``."""
+    _REGISTRY.setdefault(implementation.op, {})[implementation.backend] = implementation
 
 
 def resolve(op: str, backend: str, device: torch.device | str, points: int = 0) -> str:
@@ -67,15 +48,15 @@ def resolve(op: str, backend: str, device: torch.device | str, points: int = 0) 
         raise ValueError(f"backend={backend!r} is not one of {list(BACKENDS)}")
     if backend == "auto" or backend not in impls:  # a backend that lacks the op leaves it to auto
         return next(name for name in AUTO_ORDER   # sizes first: small searches never probe FAISS
-                    if name in impls and points >= impls[name][3] and impls[name][1](device))
-    if not impls[backend][2](device):
-        usable = [name for name in AUTO_ORDER if name in impls and impls[name][2](device)]
+                    if name in impls and points >= impls[name].min_points and impls[name].auto_on(device))
+    if not impls[backend].runs(device):
+        usable = [name for name in AUTO_ORDER if name in impls and impls[name].runs(device)]
         raise ValueError(f"backend {backend!r} cannot run {op} on {device}; usable here: {usable}")
     return backend
 
 
 def _impl(op: str, backend: str, device: torch.device, points: int = 0) -> Callable:
-    return _REGISTRY[op][resolve(op, backend, device, points)][0]
+    return _REGISTRY[op][resolve(op, backend, device, points)].fn
 
 
 def pool_patch(x: Tensor, patch_len: int, stride: int, normalize: bool = True, eps: float = 1e-5,
@@ -153,7 +134,8 @@ def knn_hypergraph(z: Tensor, k: int, binary: bool = False, temperature: float |
 
 def hypergraph_mixprop(x: Tensor, hypergraph, depth: int, beta: float, *,
                        backend: str = "auto") -> Tensor:
-    """MixProp with ``P = D_v^-1 H D_e^-1 H^T``: ``x[B, C, N, T]`` -> ``[B, C (depth + 1), N, T]``."""
+    """MixProp with ``P = D_v^-1 H D_e^-1 H^T``: ``x[B, C, N, T]`` -> ``[B, C (depth + 1), N, T]``;
+    see :func:`sthfast.reference.hypergraph_mixprop`."""
     _check_fits(x, hypergraph)
     return _impl("hypergraph_mixprop", backend, x.device)(x, hypergraph, depth, beta)
 
@@ -177,91 +159,13 @@ def static_graph(adjacency: Tensor, *, backend: str = "auto"):
 def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = False, *,
                   backend: str = "auto") -> Tensor:
     """MixProp with ``P = D^-1 (A + I)`` (``A^T`` when ``transpose``): ``x[B, C, N, T]`` ->
-    ``[B, C (depth + 1), N, T]``."""
+    ``[B, C (depth + 1), N, T]``; see :func:`sthfast.reference.graph_mixprop`."""
     _check_fits(x, graph)
     return _impl("graph_mixprop", backend, x.device)(x, graph, depth, beta, transpose)
 
 
-def _reference_hypergraph_mixprop(x: Tensor, incidence: Tensor, depth: int, beta: float) -> Tensor:
-    """Dense, in the cheaper order: the ``N x N`` operator formed once (O(N^3)) when the columns
-    propagated per incidence (``F``, ``depth`` times) outnumber the nodes, else the two halves per
-    step (O(N^2 F)): the model's wide batches at small N, vs the benchmarks' narrow ones at large N."""
-    n = x.shape[2]
-    columns = x.numel() // max(n, 1) // (x.shape[0] if incidence.dim() == 3 else 1)
-    if n < depth * columns:
-        operator = reference.hypergraph_operator(incidence)
-        return reference.mixprop(x, lambda h: reference.apply_operator(h, operator), depth, beta)
-    halves = reference.hypergraph_halves(incidence)                 # once per call, not per step
-    return reference.mixprop(x, lambda h: reference.hypergraph_propagate(h, incidence, halves),
-                             depth, beta)
-
-
-def _reference_graph_mixprop(x: Tensor, adjacency: Tensor, depth: int, beta: float,
-                             transpose: bool) -> Tensor:
-    operator = reference.graph_operator(adjacency.T if transpose else adjacency)
-    return reference.mixprop(x, lambda h: reference.apply_operator(h, operator), depth, beta)
-
-
-def _reference_topk(query: Tensor, key: Tensor, k: int, metric: str, self_first: bool,
-                    approximate: bool) -> Tensor:
-    return reference.topk_neighbors(query, key, k, metric, self_first)   # always exact
-
-
-for _op, _fn in (("pool_patch", reference.pool_patch), ("topk_neighbors", _reference_topk),
-                 ("knn_hypergraph", reference.knn_hypergraph),
-                 ("hypergraph_mixprop", _reference_hypergraph_mixprop),
-                 ("adaptive_graph", reference.adaptive_graph),
-                 ("graph_mixprop", _reference_graph_mixprop),
-                 ("static_graph", lambda a: a.to_dense() if a.layout != torch.strided else a)):
-    register(_op, "reference", _fn)
-for _op, _fn in sparse.OPS.items():  # torch's sparse CSR kernels: CPU (MKL) and CUDA (cuSPARSE)
-    register(_op, "sparse", _fn, supports=lambda device: device.type in ("cpu", "cuda"))
-
-
-def _cpp_runs(device: torch.device) -> bool:
-    return device.type == "cpu" and extension.available()
-
-
-register("pool_patch", "cpp", extension.pool_patch, supports=_cpp_runs)
-# the extension's fused MixProp over sparse's structures: auto picks the propagations on the CPU;
-# the constructors are sparse's, registered so that naming ``cpp`` works, never picked by auto
-# (which resolves them on their own: the tiled search or FAISS, by size)
-for _op, _fn in sparse.backend_ops(sparse.spmm, sparse.topk, mixprop=extension.mixprop).items():
-    if _op in ("hypergraph_mixprop", "graph_mixprop"):
-        register(_op, "cpp", _fn, supports=_cpp_runs)
-    elif _op != "topk_neighbors":
-        register(_op, "cpp", _fn, supports=_nowhere, runs=_cpp_runs)
-register("pool_patch", "cuda", extension.pool_patch,
-         supports=lambda device: device.type == "cuda" and extension.has_cuda_kernels())
-
-
-def _triton_auto(device: torch.device) -> bool:
-    return device.type == "cuda" and optional_deps.probe("triton").ok and optional_deps.triton_gpu_ok(device)
-
-
-def _triton_runs(device: torch.device) -> bool:
-    return _triton_auto(device) or (device.type == "cpu" and optional_deps.triton_interpreter())
-
-
-def _triton(op: str) -> Callable:
-    def run(*args):
-        from ..backends.triton import OPS  # noqa: PLC0415 (imports Triton: only when the backend runs)
-
-        return OPS[op](*args)
-
-    return run
-
-
-for _op in sparse.OPS:
-    register(_op, "triton", _triton(_op), supports=_triton_auto, runs=_triton_runs)
-
-
-# FAISS: auto picks its searches on large point sets; its propagation ops are sparse's, registered
-# so that naming ``faiss`` works, and never picked by auto (which resolves propagation on its own)
-for _op, _fn in faiss_search.OPS.items():
-    if _op in ("topk_neighbors", "knn_hypergraph", "adaptive_graph"):
-        register(_op, "faiss", _fn, supports=faiss_search.runs_on, min_points=FAISS_MIN_POINTS)
-    else:
-        register(_op, "faiss", _fn, supports=_nowhere, runs=faiss_search.runs_on)
+for _backend in (reference, sparse, extension, triton, faiss_search):
+    for _implementation in _backend.IMPLEMENTATIONS:
+        register(_implementation)
 
 OPS = tuple(_REGISTRY)

@@ -4,13 +4,21 @@ They are the truth every fast path is tested against, and the runtime fallback o
 Shapes are documented per function; ``...`` is an optional leading batch dimension.
 """
 
-from .graph import adaptive_graph, adjacency_values, graph_operator, graph_propagate
-from .hypergraph import (apply_operator, hypergraph_halves, hypergraph_operator, hypergraph_propagate,
-                         effective_order, knn_hypergraph, membership_weights, safe_reciprocal)
+from ..backends import Implementation
+from .graph import adaptive_graph, adjacency_values, graph_mixprop, graph_operator, graph_propagate, static_graph
+from .hypergraph import (apply_operator, effective_order, hypergraph_halves, hypergraph_mixprop, hypergraph_operator,
+                         hypergraph_propagate, knn_hypergraph, membership_weights, safe_reciprocal)
 from .mixprop import mixprop
 from .neighbors import topk_neighbors
 from .pool_patch import pool_patch
 
-__all__ = ["adaptive_graph", "adjacency_values", "apply_operator", "graph_operator", "graph_propagate",
-           "effective_order", "hypergraph_halves", "hypergraph_operator", "hypergraph_propagate", "knn_hypergraph", "membership_weights",
-           "mixprop", "safe_reciprocal", "topk_neighbors", "pool_patch"]
+# the ops of sthfast.ops, each with the signature of its dispatch function
+OPS = ("pool_patch", "topk_neighbors", "knn_hypergraph", "hypergraph_mixprop", "adaptive_graph", "graph_mixprop",
+       "static_graph")
+
+
+IMPLEMENTATIONS = tuple(Implementation(op, "reference", globals()[op]) for op in OPS)
+
+__all__ = [*OPS, "IMPLEMENTATIONS", "adjacency_values", "apply_operator", "effective_order", "graph_operator", "graph_propagate",
+           "hypergraph_halves", "hypergraph_operator", "hypergraph_propagate", "membership_weights", "mixprop",
+           "safe_reciprocal"]

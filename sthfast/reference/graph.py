@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .hypergraph import apply_operator
+from .mixprop import mixprop
 from .neighbors import topk_neighbors
 
 
@@ -48,3 +49,16 @@ def graph_propagate(x: Tensor, adjacency: Tensor) -> Tensor:
         ``[B, C, N, T]``.
     """
     return apply_operator(x, graph_operator(adjacency))
+
+
+def static_graph(adjacency: Tensor) -> Tensor:
+    """A fixed adjacency ``[N, N]`` (dense or sparse COO) as the dense tensor :func:`graph_mixprop`
+    takes."""
+    return adjacency.to_dense() if adjacency.layout != torch.strided else adjacency
+
+
+def graph_mixprop(x: Tensor, adjacency: Tensor, depth: int, beta: float, transpose: bool = False) -> Tensor:
+    """MixProp over the graph, ``P = D^-1 (A + I)`` (``A^T`` when ``transpose``): ``x [B, C, N, T]``
+    -> ``[B, C (depth + 1), N, T]`` (see :func:`mixprop`)."""
+    operator = graph_operator(adjacency.T if transpose else adjacency)
+    return mixprop(x, lambda h: apply_operator(h, operator), depth, beta)

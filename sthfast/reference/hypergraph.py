@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .mixprop import mixprop
 from .neighbors import topk_neighbors
 
 
@@ -120,3 +121,20 @@ def apply_operator(x: Tensor, operator: Tensor) -> Tensor:
     if operator.dim() == 3:
         return torch.einsum("bvw,bcwt->bcvt", operator, x)
     return torch.einsum("vw,bcwt->bcvt", operator, x)
+
+
+def hypergraph_mixprop(x: Tensor, incidence: Tensor, depth: int, beta: float) -> Tensor:
+    """MixProp over the hypergraph, ``P = D_v^-1 H D_e^-1 H^T``: ``x [B, C, N, T]`` with
+    ``incidence [N, M]`` or ``[B, N, M]`` -> ``[B, C (depth + 1), N, T]`` (see :func:`mixprop`).
+
+    Dense, in the cheaper order: the ``N x N`` operator formed once (O(N^3)) when the columns
+    propagated per incidence (``C T``, ``depth`` times) outnumber the nodes, else the two halves
+    per step (O(N^2 C T)): the model's wide batches at small N, vs the benchmarks' narrow ones at
+    large N."""
+    n = x.shape[2]
+    columns = x.numel() // max(n, 1) // (x.shape[0] if incidence.dim() == 3 else 1)
+    if n < depth * columns:
+        operator = hypergraph_operator(incidence)
+        return mixprop(x, lambda h: apply_operator(h, operator), depth, beta)
+    halves = hypergraph_halves(incidence)                           # once per call, not per step
+    return mixprop(x, lambda h: hypergraph_propagate(h, incidence, halves), depth, beta)

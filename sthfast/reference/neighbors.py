@@ -10,7 +10,7 @@ CHUNK_ELEMENTS = 1 << 24  # pair-score temporaries of at most 64 MiB in float32
 
 
 def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
-                   self_first: bool = False) -> Tensor:
+                   self_first: bool = False, approximate: bool = False) -> Tensor:
     """Indices of the ``k`` best keys for every query.
 
     Args:
@@ -20,6 +20,8 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
             product first).
         self_first: query i is key i (``N == M``, one point set): every query lists itself first,
             even when other keys tie with it (duplicate points), then its ``k - 1`` best others.
+        approximate: accepted as :func:`sthfast.ops.topk_neighbors` takes it; the reference is
+            always exact.
 
     Returns:
         ``[..., N, k]`` int64, best first. Equal scores go to the smaller key index

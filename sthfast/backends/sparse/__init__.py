@@ -17,11 +17,12 @@ import torch
 from torch import Tensor
 
 from ... import reference
+from .. import Implementation
 from . import neighbors, propagate, structure
 from .custom_ops import define_spmm, define_topk
 from .structure import SparseRows
 
-__all__ = ["SparseRows", "backend_ops", "spmm", "topk"]
+__all__ = ["IMPLEMENTATIONS", "OPS", "SparseRows", "backend_ops", "spmm", "topk"]
 
 
 def _csr(row_ptr: Tensor, col: Tensor, val: Tensor, num_cols: int) -> Tensor:
@@ -96,3 +97,11 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
 
 topk = define_topk("sparse", neighbors.topk_neighbors)
 OPS = backend_ops(spmm, topk)
+
+
+def on_cpu_or_cuda(device: torch.device) -> bool:
+    return device.type in ("cpu", "cuda")
+
+
+# torch's sparse CSR kernels: CPU (MKL) and CUDA (cuSPARSE)
+IMPLEMENTATIONS = tuple(Implementation(op, "sparse", fn, auto_on=on_cpu_or_cuda) for op, fn in OPS.items())

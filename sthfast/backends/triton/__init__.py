@@ -1,21 +1,38 @@
-"""The ``triton`` backend: Triton kernels for the tiled top-k search (:mod:`.topk`) and the sparse
-gather primitive (:mod:`.spmm`), plugged into the structure builders and propagation of
-:mod:`sthfast.backends.sparse`, which are device-agnostic torch index ops.
+"""The ``triton`` backend: the ops of :mod:`.backend` (Triton kernels in sparse's builders and
+propagation), imported with Triton only when one runs.
 
-Importing this module imports Triton; :mod:`sthfast.ops` does so only on first use of the backend.
-On a machine without a GPU the kernels run only under ``TRITON_INTERPRET=1`` (set before Triton is
-first imported), which the tests use at small sizes; it says nothing about speed.
+``auto`` takes them on CUDA devices where Triton is installed. On a machine without a GPU the
+kernels run only when named, under ``TRITON_INTERPRET=1`` (set before Triton is first imported),
+which the tests use at small sizes; it says nothing about speed.
 """
 
 from __future__ import annotations
 
-from ..sparse import backend_ops
-from ..sparse.custom_ops import define_spmm, define_topk
-from . import spmm as _kernels
-from .topk import topk_neighbors
+from typing import Callable
 
-spmm = define_spmm("triton", _kernels.csr_rows, _kernels.sampled_dot)
-topk = define_topk("triton", topk_neighbors)
-OPS = backend_ops(spmm, topk)
+import torch
 
-__all__ = ["OPS", "spmm", "topk"]
+from ... import optional_deps
+from .. import Implementation
+from ..sparse import OPS as SPARSE_OPS
+
+
+def auto_on(device: torch.device) -> bool:
+    return device.type == "cuda" and optional_deps.probe("triton").ok and optional_deps.triton_gpu_ok(device)
+
+
+def runs_on(device: torch.device) -> bool:
+    return auto_on(device) or (device.type == "cpu" and optional_deps.triton_interpreter())
+
+
+def _deferred(op: str) -> Callable:
+    def run(*args):
+        from .backend import OPS  # noqa: PLC0415 (imports Triton: only when the backend runs)
+
+        return OPS[op](*args)
+
+    return run
+
+
+IMPLEMENTATIONS = tuple(Implementation(op, "triton", _deferred(op), auto_on=auto_on, runs_on=runs_on)
+                        for op in SPARSE_OPS)
