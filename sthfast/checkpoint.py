@@ -100,9 +100,13 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(folder: str | Path, model_class):
-    """Build ``model_class`` from the checkpoint's config and load its weights (no code is executed
-    from the files: safetensors and JSON only). Returns ``(model, meta)``."""
+def load_checkpoint(folder: str | Path, model_class):
+    """Build ``model_class`` (:class:`sthfast.STHSepNet`) from a checkpoint folder, or a run folder's
+    best checkpoint, and load its weights (no code is executed from the files: safetensors and
+    JSON only). Returns ``(model, meta)``: ``meta`` holds the scaler and the training metadata."""
+    folder = Path(folder)
+    if not (folder / META).exists() and (folder / "checkpoint" / "best" / META).exists():
+        folder = folder / "checkpoint" / "best"
     meta = read_meta(folder)
     config = STHSepNetConfig.from_dict(meta["config"])
     if config.uses_llm and meta.get("backbone_fingerprint") != backbone_fingerprint(config.backbone):

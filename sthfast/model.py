@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import checkpoint
 from .config import STHSepNetConfig
 from .nn.calendar import CalendarSlots, SeasonalResidual, TimeEmbedding
 from .nn.fusion import FUSION_MODULES
@@ -49,10 +50,8 @@ class STHSepNet(nn.Module):
     @classmethod
     def from_checkpoint(cls, folder) -> "STHSepNet":
         """The model saved in a checkpoint folder (or a run folder's best checkpoint); its scaler and
-        training metadata are in ``sthfast.training.load_checkpoint(folder)[1]``."""
-        from .training import load_checkpoint  # noqa: PLC0415 (training imports this module)
-
-        return load_checkpoint(folder)[0]
+        training metadata are in ``sthfast.checkpoint.load_checkpoint(folder, STHSepNet)[1]``."""
+        return checkpoint.load_checkpoint(folder, cls)[0]
 
     def set_clamp_range(self, low: Tensor | np.ndarray, high: Tensor | np.ndarray) -> None:
         """Per-node output bounds ``[N]`` (in the model's scaled units), used when ``config.clamp``."""

@@ -341,12 +341,55 @@ def _run_meta(data: SplitData, tc: TrainConfig, config: STHSepNetConfig, kept: n
             "backbone_fingerprint": backbone_fingerprint(config.backbone) if config.uses_llm else None}
 
 
+@dataclass
+class TrainingRun:
+    """One run of :func:`train` between its steps: the settings, the data, the model and its
+    optimiser, where checkpoints go, and ``progress`` (epochs done, best validation MAE, history)."""
+
+    tc: TrainConfig
+    config: STHSepNetConfig
+    data: SplitData
+    run_meta: dict[str, Any]
+    model: STHSepNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    progress: dict[str, Any]
+    device: torch.device
+    bf16: bool
+
+    @property
+    def out(self) -> Path:
+        return Path(self.tc.out)
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out / "checkpoint" / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out / "checkpoint" / "best"
+
+
 def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
     """Train, keep the best model by validation MAE, evaluate it on the test split beside the
     baselines, and write the run folder. Returns the test report (as in ``metrics.json``)."""
+    run = set_up(tc, model_overrides)
+    forward = torch.compile(run.model) if run.tc.compile else run.model          # the same parameters
+    for epoch in range(run.progress["epoch"], run.tc.epochs):
+        if run.progress["bad_epochs"] >= run.tc.patience:
+            break
+        record = train_epoch(run, forward, epoch)
+        end_epoch(run, epoch, record)
+    return final_test(run)
+
+
+def set_up(tc: TrainConfig, model_overrides: dict[str, Any]) -> TrainingRun:
+    """The run of ``tc``: its data read and split, the model built (seeded) with its seasonal
+    profile and clamp range, the optimiser, and, with ``--resume``, the state of the last
+    checkpoint."""
     tc = tc.with_absolute_paths()
     out = Path(tc.out)
-    last_dir, best_dir = out / "checkpoint" / "last", out / "checkpoint" / "best"
+    last_dir = out / "checkpoint" / "last"
     resuming = tc.resume and (last_dir / ckpt.META).exists()
     if not tc.resume and (last_dir / ckpt.META).exists():
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or another --out")
@@ -354,6 +397,36 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
         tqdm.write(f"{out} has no checkpoint yet (stopped during epoch 1?): starting from epoch 1")
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    series, kept, data_nodes = _training_series(tc)
+    config, tc = model_config(series, tc, model_overrides)
+    data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature,
+                   time_features=tc.time_feature_list(), steps_per_day=tc.steps_per_day)
+    run_meta = _run_meta(data, tc, config, kept, data_nodes)
+    device = resolve_device(tc.device)
+
+    torch.manual_seed(tc.seed)
+    model = _new_model(config, data, tc)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc.milestone_epochs(), tc.lr_gamma)
+    progress = {"epoch": 0, "best_val_mae": math.inf, "bad_epochs": 0, "history": []}
+    if resuming:
+        progress = _resume(last_dir, model, optimizer, scheduler, run_meta, config)
+    model.to(device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(device)
+    bf16 = use_bf16(tc, config, device)
+    if bf16 and tc.bf16 is None:
+        tqdm.write("training under bfloat16 autocast (a CPU with bfloat16 matrix instructions, seq_len >= "
+                   f"{BF16_MIN_SEQ_LEN}); --no-bf16 trains in float32")
+    return TrainingRun(tc, config, data, run_meta, model, optimizer, scheduler, progress, device, bf16)
+
+
+def _training_series(tc: TrainConfig) -> tuple[SensorSeries, np.ndarray | None, int]:
+    """The series of ``tc`` with its adjacency, and with ``--drop-dead-nodes`` without the nodes that
+    have no training reading: ``(series, kept node indices or None, nodes in the data)``."""
     series = read_series(tc)
     if tc.adjacency:
         series.adjacency = load_adjacency(tc.adjacency, series.num_nodes, ids=tc.adjacency_ids,
@@ -366,108 +439,107 @@ def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
         series = series.select_nodes(kept)
         tqdm.write(f"left out {dead.size} node(s) with no valid reading in the training split: "
                    f"{dead[:10].tolist()}{' ...' if dead.size > 10 else ''} (--drop-dead-nodes)")
-    config, tc = model_config(series, tc, model_overrides)
-    data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature,
-                   time_features=tc.time_feature_list(), steps_per_day=tc.steps_per_day)
-    run_meta = _run_meta(data, tc, config, kept, data_nodes)
-    zeros_missing, horizons = tc.missing_zeros(), PROTOCOLS[tc.protocol]["horizons"]
-    device = resolve_device(tc.device)
+    return series, kept, data_nodes
 
-    torch.manual_seed(tc.seed)
+
+def _new_model(config: STHSepNetConfig, data: SplitData, tc: TrainConfig) -> STHSepNet:
+    """The model of ``config`` with what it takes from the training split: the seasonal profile
+    (and the inputs' gaps filled with it) and the clamp range."""
     model = STHSepNet(config, adjacency=data.series.adjacency if config.graph == "static" else None)
     if config.seasonal_residual:
         fit_seasonal_profile(model, data, tc.steps_per_day)
         fill_gaps_with_profile(data.train.scaled, data.series, model, tc.steps_per_day)  # splits share it
-    mean, std = data.target_scale()
     if config.clamp:
+        mean, std = data.target_scale()
         train_part = torch.from_numpy(data.series.values[: data.boundaries[0], :, config.target_feature])
         scaled = (train_part - mean) / std
         low, high = torch.nan_to_num(scaled, nan=math.inf).amin(0), torch.nan_to_num(scaled, nan=-math.inf).amax(0)
         unseen = low > high                                    # no training reading: no bounds
         model.set_clamp_range(low.masked_fill(unseen, -math.inf), high.masked_fill(unseen, math.inf))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc.milestone_epochs(), tc.lr_gamma)
-    progress = {"epoch": 0, "best_val_mae": math.inf, "bad_epochs": 0, "history": []}
-    if resuming:
-        progress = _resume(last_dir, model, optimizer, scheduler, run_meta, config)
-    model.to(device)
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(device)
-    mean_d, std_d = mean.to(device), std.to(device)
-    bf16 = use_bf16(tc, config, device)
-    if bf16 and tc.bf16 is None:
-        tqdm.write("training under bfloat16 autocast (a CPU with bfloat16 matrix instructions, seq_len >= "
-                   f"{BF16_MIN_SEQ_LEN}); --no-bf16 trains in float32")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    forward = torch.compile(model) if tc.compile else model          # the same parameters
+    return model
 
-    for epoch in range(progress["epoch"], tc.epochs):
-        if progress["bad_epochs"] >= tc.patience:
-            break
-        model.train()
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
-        batches = order.split(tc.batch_size)[: tc.max_batches]
-        start, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", dynamic_ncols=True)
-        for idx in bar:
-            x, y, _ = data.train.batch(idx)
-            x, y = x.to(device), y.to(device)
-            with autocast:
-                pred = forward(x)
-            loss = masked_loss(pred.float(), (y - mean_d) / std_d, valid_mask(y, zeros_missing), tc.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, tc.clip)
-            optimizer.step()
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
-        train_seconds = time.perf_counter() - start
-        scheduler.step()
-        val = evaluate_windows(model, data.val, data, zeros_missing, tc.eval_batch_size, device)
-        val_result = val["metrics"]["model"].result()["all"]
-        if not math.isfinite(val_result["mae"]):
-            raise ValueError(f"validation MAE is {val_result['mae']} after epoch {epoch + 1}: training "
-                             "diverged (lower --lr, keep --clip) or the validation split has no valid target")
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_mae": val_result["mae"],
-                  "val_rmse": val_result["rmse"], "val_mape": val_result["mape"],
-                  "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
-                  "samples_per_s": seen / train_seconds}
-        progress["history"].append(record)
-        progress["epoch"] = epoch + 1
-        if val_result["mae"] < progress["best_val_mae"]:
-            progress["best_val_mae"], progress["bad_epochs"] = val_result["mae"], 0
-            ckpt.save(best_dir, model, dict(run_meta, epoch=epoch + 1))
-        else:
-            progress["bad_epochs"] += 1
-        trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "torch_rng": torch.get_rng_state(), "progress": progress}
-        if torch.cuda.is_available():
-            trainer_state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        ckpt.save(last_dir, model, dict(run_meta, epoch=epoch + 1), trainer_state)
-        ckpt.atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["history"]))
-        tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val MAE {record['val_mae']:.3f}, "
-                   f"{record['samples_per_s']:.1f} samples/s")
 
-    ckpt.load_weights(model, best_dir)   # checks meta.json's SHA-256 first
+def train_epoch(run: TrainingRun, forward, epoch: int) -> dict[str, Any]:
+    """One pass over the training windows in the seeded order of ``epoch`` (``forward``: the model
+    or its compiled twin); returns the epoch's record without the validation figures."""
+    tc, data, device = run.tc, run.data, run.device
+    mean, std = (t.to(device) for t in data.target_scale())
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16)
+    run.model.train()
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
+    batches = order.split(tc.batch_size)[: tc.max_batches]
+    start, seen, loss_sum = time.perf_counter(), 0, 0.0
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", dynamic_ncols=True)
+    for idx in bar:
+        x, y, _ = data.train.batch(idx)
+        x, y = x.to(device), y.to(device)
+        with autocast:
+            pred = forward(x)
+        loss = masked_loss(pred.float(), (y - mean) / std, valid_mask(y, tc.missing_zeros()), tc.loss)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, tc.clip)
+        run.optimizer.step()
+        seen += len(idx)
+        loss_sum += loss.item() * len(idx)
+        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
+    train_seconds = time.perf_counter() - start
+    run.scheduler.step()
+    return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+            "lr": run.optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
+            "samples_per_s": seen / train_seconds}
+
+
+def end_epoch(run: TrainingRun, epoch: int, record: dict[str, Any]) -> None:
+    """Validate, then write the epoch's checkpoints (best when validation MAE improved; last, with
+    the optimiser, scheduler and RNG state, for ``--resume``) and the log."""
+    tc, progress = run.tc, run.progress
+    val = evaluate_windows(run.model, run.data.val, run.data, tc.missing_zeros(), tc.eval_batch_size, run.device)
+    val_result = val["metrics"]["model"].result()["all"]
+    if not math.isfinite(val_result["mae"]):
+        raise ValueError(f"validation MAE is {val_result['mae']} after epoch {epoch + 1}: training "
+                         "diverged (lower --lr, keep --clip) or the validation split has no valid target")
+    record = {"epoch": record["epoch"], "train_loss": record["train_loss"], "val_mae": val_result["mae"],
+              "val_rmse": val_result["rmse"], "val_mape": val_result["mape"],
+              **{k: record[k] for k in ("lr", "train_seconds", "samples_per_s")}}
+    progress["history"].append(record)
+    progress["epoch"] = epoch + 1
+    if val_result["mae"] < progress["best_val_mae"]:
+        progress["best_val_mae"], progress["bad_epochs"] = val_result["mae"], 0
+        ckpt.save(run.best_dir, run.model, dict(run.run_meta, epoch=epoch + 1))
+    else:
+        progress["bad_epochs"] += 1
+    trainer_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "progress": progress}
+    if torch.cuda.is_available():
+        trainer_state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    ckpt.save(run.last_dir, run.model, dict(run.run_meta, epoch=epoch + 1), trainer_state)
+    ckpt.atomic_write_text(run.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["history"]))
+    tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val MAE {record['val_mae']:.3f}, "
+               f"{record['samples_per_s']:.1f} samples/s")
+
+
+def final_test(run: TrainingRun) -> dict[str, Any]:
+    """The best checkpoint on the test split beside the baselines: ``metrics.json``,
+    ``config.json`` and the plots written; returns the summary."""
+    tc, config, data, model = run.tc, run.config, run.data, run.model
+    ckpt.load_weights(model, run.best_dir)   # checks meta.json's SHA-256 first
     baselines = fit_baselines(data, tc.steps_per_day)
-    test = evaluate_windows(model, data.test, data, zeros_missing, tc.eval_batch_size, device, baselines,
+    test = evaluate_windows(model, data.test, data, tc.missing_zeros(), tc.eval_batch_size, run.device, baselines,
                             keep_predictions=tc.plots)
-    result = report(test["metrics"], horizons)
+    result = report(test["metrics"], PROTOCOLS[tc.protocol]["horizons"])
     summary = {"protocol": tc.protocol, "data": data.series.source, "num_nodes": config.num_nodes,
-               "seq_len": config.seq_len, "pred_len": config.pred_len, "zeros_missing": zeros_missing,
-               "bf16": bf16, "best_epoch": _best_epoch(progress), "epochs_run": progress["epoch"],
-               "test": result, "history": progress["history"], "parameters": model.parameter_counts()}
-    ckpt.atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    ckpt.atomic_write_text(out / "config.json", config.to_json() + "\n")
+               "seq_len": config.seq_len, "pred_len": config.pred_len, "zeros_missing": tc.missing_zeros(),
+               "bf16": run.bf16, "best_epoch": _best_epoch(run.progress), "epochs_run": run.progress["epoch"],
+               "test": result, "history": run.progress["history"], "parameters": model.parameter_counts()}
+    ckpt.atomic_write_text(run.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    ckpt.atomic_write_text(run.out / "config.json", config.to_json() + "\n")
     if tc.plots:
         from .plots import write_plots  # noqa: PLC0415 (matplotlib is imported only for plots)
 
-        write_plots(out, model, data, test, progress["history"])
+        write_plots(run.out, model, data, test, run.progress["history"])
     return summary
 
 
@@ -505,15 +577,6 @@ def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config:
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as handle:
         np.savez_compressed(handle, **arrays)
-
-
-def load_checkpoint(folder: str | Path) -> tuple[STHSepNet, dict[str, Any]]:
-    """``(model, meta)`` from a checkpoint folder (a run folder's ``checkpoint/best`` is found from
-    the run folder too)."""
-    folder = Path(folder)
-    if not (folder / ckpt.META).exists() and (folder / "checkpoint" / "best" / ckpt.META).exists():
-        folder = folder / "checkpoint" / "best"
-    return ckpt.load_model(folder, STHSepNet)
 
 
 def _series_for_checkpoint(meta: dict, data: str | None) -> tuple[SensorSeries, TrainConfig]:
@@ -554,7 +617,7 @@ def _check_calendar(series: SensorSeries, tc: TrainConfig, config: STHSepNetConf
 def evaluate(checkpoint: str | Path, data: str | None = None, device: str = "auto",
              batch_size: int = 64) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split of its data (or of ``data``) beside the baselines."""
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = ckpt.load_checkpoint(checkpoint, STHSepNet)
     series, tc = _series_for_checkpoint(meta, data)
     config = model.config
     split = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), meta["target_feature"],
@@ -573,7 +636,7 @@ def predict(checkpoint: str | Path, data: str, out: str | Path, device: str = "a
             all_windows: bool = False, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Forecast the ``pred_len`` steps after the end of ``data`` (and, with ``all_windows``, from
     every window of it); written to ``out`` (``.npz``) and returned."""
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = ckpt.load_checkpoint(checkpoint, STHSepNet)
     config = model.config
     series, tc = _series_for_checkpoint(meta, data)
     if series.num_steps < config.seq_len:

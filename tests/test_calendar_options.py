@@ -133,14 +133,15 @@ def test_seasonal_profile_falls_back_to_the_time_of_day_then_the_node_mean(tmp_p
 
 
 def test_train_adds_the_calendar_channels_and_fits_the_profile_as_the_baseline(tiny_backbones, tmp_path):
-    from sthfast.training import TrainConfig, load_checkpoint, train
+    from sthfast.checkpoint import load_checkpoint
+    from sthfast.training import TrainConfig, train
 
     tc = TrainConfig(data="embedded", protocol="standard", epochs=1, max_batches=1, batch_size=4,
                      out=str(tmp_path / "run"), plots=False, threads=1)
     summary = train(tc, backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
                     skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only",
                     seasonal_residual=True, time_embedding_dim=2)
-    model, meta = load_checkpoint(tmp_path / "run")
+    model, meta = load_checkpoint(tmp_path / "run", STHSepNet)
     c = model.config
     assert meta["train_config"]["time_features"] == "time_of_day,day_of_week"
     assert (c.in_features, c.time_of_day_channel, c.day_of_week_channel, c.slots_per_day) == (3, 1, 2, 288)
