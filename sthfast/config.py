@@ -183,7 +183,9 @@ class STHSepNetConfig:
     @property
     def num_patches(self) -> int:
         """Patches of the pooled series after replicate-padding the end by ``stride``."""
-        return (self.seq_len + self.stride - self.patch_len) // self.stride + 1
+        from .reference.pool_patch import num_patches  # noqa: PLC0415 (imports torch: not at start-up)
+
+        return num_patches(self.seq_len, self.patch_len, self.stride)
 
     @property
     def uses_llm(self) -> bool:

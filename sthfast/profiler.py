@@ -65,9 +65,9 @@ def stage_times(model: STHSepNet, x: torch.Tensor, train: bool, rebuild: bool, r
     samples: dict[str, list[float]] = {}
     for i in range(repeats + 1):                                      # call 0 warms up
         if rebuild:                                                   # streaming without reuse
-            for cache in (model.spatial.hypergraph, model.spatial.graph):
-                if cache is not None:
-                    cache.frozen.clear()
+            for module in (model.spatial.hypergraph, model.spatial.graph):
+                if module is not None:
+                    module.cache.clear()
         with torch.set_grad_enabled(train), profile(activities=[ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
             y = model(x)

@@ -134,7 +134,7 @@ def test_static_graph_and_reused_neighbours_survive_a_checkpoint(small_config, t
     model = STHSepNet(c, adjacency=sparse_adjacency(c.num_nodes)).train()
     model(batch(c))                                                    # one step: steps = 1
     checkpoint.save(tmp_path / "ckpt", model, {})
-    loaded, _ = checkpoint.load_model(tmp_path / "ckpt", STHSepNet)
+    loaded, _ = checkpoint.load_checkpoint(tmp_path / "ckpt", STHSepNet)
     for name in ("spatial.static_index", "spatial.static_weight", "spatial.hypergraph.neighbors",
                  "spatial.hypergraph.steps"):
         assert torch.equal(loaded.state_dict()[name], model.state_dict()[name]), name
@@ -235,5 +235,5 @@ def test_checkpoint_with_the_old_dense_static_adjacency_still_loads(small_config
         return weights
 
     monkeypatch.setattr(checkpoint, "load_file", old_format)
-    loaded, _ = checkpoint.load_model(tmp_path / "ckpt", STHSepNet)
+    loaded, _ = checkpoint.load_checkpoint(tmp_path / "ckpt", STHSepNet)
     torch.testing.assert_close(loaded.eval()(batch(c)), model(batch(c)))

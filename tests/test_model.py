@@ -147,13 +147,13 @@ def test_prototypes_are_cached_only_without_gradients(small_config):
     x = batch(c)
     with torch.no_grad():
         y1 = model(x)
-        first = model.temporal._prototype_cache[1]
+        first = model.temporal.prototype_cache.value
         y2 = model(x)
-        assert model.temporal._prototype_cache[1] is first
+        assert model.temporal.prototype_cache.value is first
         torch.testing.assert_close(y1, y2)
         model.temporal.prototype_map.weight.add_(0.5)      # an optimizer step changes the version
         model(x)
-        assert model.temporal._prototype_cache[1] is not first
+        assert model.temporal.prototype_cache.value is not first
     assert model(x).requires_grad
 
 

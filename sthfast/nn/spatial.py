@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import STHSepNetConfig
 from ..profiling import stage
+from .cache import TensorCache, frozen
 
 KERNEL_SET = (2, 3, 6, 7)
 KERNEL_SIZE = max(KERNEL_SET)
@@ -54,30 +55,6 @@ def gated_inception(x: Tensor, filters: DilatedInception, gates: DilatedInceptio
     return torch.tanh(f) * torch.sigmoid(g)
 
 
-class EvalCache:
-    """A structure built from a module's parameters, kept while the module is in eval mode with
-    gradients off and rebuilt when any parameter changes: an optimizer step, ``load_state_dict`` or
-    ``copy_`` bumps the tensors' versions, a move to another device or dtype changes their storage.
-    Writes through ``.data`` bypass version counting: call :meth:`clear` after them. Parameters
-    created under ``torch.inference_mode`` have no version counter, so nothing is cached for them."""
-
-    def __init__(self):
-        self.key, self.value = None, None
-
-    def clear(self) -> None:
-        self.key = self.value = None
-
-    def get(self, module: nn.Module, build):
-        params = list(module.parameters())
-        if module.training or torch.is_grad_enabled() or any(p.is_inference() for p in params):
-            self.clear()
-            return build()
-        key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p.dtype, p._version) for p in params))
-        if key != self.key:
-            self.key, self.value = key, build()
-        return self.value
-
-
 class AdaptiveGraph(nn.Module):
     """Learned first-order graph: ``M_i = tanh(a Lin_i(E_i))``, top-``k`` per row of
     ``ReLU(tanh(a (M1 M2^T - M2 M1^T)))``."""
@@ -87,10 +64,10 @@ class AdaptiveGraph(nn.Module):
         self.emb1, self.emb2 = nn.Embedding(num_nodes, dim), nn.Embedding(num_nodes, dim)
         self.lin1, self.lin2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.k, self.alpha, self.backend = min(k, num_nodes), alpha, backend
-        self.frozen = EvalCache()
+        self.cache = TensorCache()                 # built once in eval mode without gradients
 
     def forward(self):
-        return self.frozen.get(self, self._build)
+        return self.cache.get(self.parameters(), self._build, keep=frozen(self))
 
     def _build(self):
         with stage("graph_construction"):
@@ -108,8 +85,8 @@ class KNNHypergraph(nn.Module):
 
     A shared hypergraph searches its neighbours every ``hyper_rebuild_every`` training steps; the
     lists and the step count are buffers (``neighbors [N, k]``, ``steps``), so a resumed run
-    continues the same schedule. In eval mode without gradients it is built once (see
-    :class:`EvalCache`).
+    continues the same schedule. In eval mode without gradients it is built once (a
+    :class:`~sthfast.nn.cache.TensorCache`).
     """
 
     def __init__(self, config: STHSepNetConfig, window: int):
@@ -121,7 +98,7 @@ class KNNHypergraph(nn.Module):
         if self.rebuild_every > 1:
             self.register_buffer("neighbors", torch.zeros(c.num_nodes, c.hyper_k, dtype=torch.long))
             self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.frozen = EvalCache()
+        self.cache = TensorCache()
         if c.hyper_order == "adaptive":      # one learned temperature per hyperedge, from the shared one
             self.log_temperature = nn.Parameter(torch.full((c.num_nodes,), math.log(c.hyper_temperature)))
         self.embedding = nn.Embedding(c.num_nodes, c.node_emb_dim)
@@ -141,7 +118,7 @@ class KNNHypergraph(nn.Module):
     def forward(self, x: Tensor):
         if self.mode == "dynamic":
             return self._build(x)
-        return self.frozen.get(self, lambda: self._build(x))
+        return self.cache.get(self.parameters(), lambda: self._build(x), keep=frozen(self))
 
     def _build(self, x: Tensor):
         with stage("node_features"):
@@ -195,7 +172,7 @@ class SpatialStream(nn.Module):
         elif c.graph == "static":
             self.register_buffer("static_index", static_adjacency.indices().clone())
             self.register_buffer("static_weight", static_adjacency.values().clone())
-        self._static_cache = None                                      # (key, backend's form)
+        self.static_cache = TensorCache()                              # the backend's form
         self.hypergraph = KNNHypergraph(c, self.window) if c.hypergraph != "none" else None
         both = c.graph != "none" and c.hypergraph != "none"
         self.branch_logit = nn.Parameter(torch.zeros(layers)) if both else None
@@ -260,13 +237,12 @@ class SpatialStream(nn.Module):
     def _static_graph(self):
         """The fixed adjacency in the backend's form, built once per device, dtype and content
         version (building it costs a sort of the edges and a host sync)."""
-        w, n = self.static_weight, self.config.num_nodes
-        versions = [None if t.is_inference() else t._version for t in (w, self.static_index)]
-        key = (w.device, w.dtype, w.data_ptr(), *versions, self.config.backend)
-        if self._static_cache is None or self._static_cache[0] != key:
-            a = torch.sparse_coo_tensor(self.static_index, w, (n, n), check_invariants=True).coalesce()
-            self._static_cache = (key, ops.static_graph(a, backend=self.config.backend))
-        return self._static_cache[1]
+        def build():
+            n = self.config.num_nodes
+            a = torch.sparse_coo_tensor(self.static_index, self.static_weight, (n, n), check_invariants=True)
+            return ops.static_graph(a.coalesce(), backend=self.config.backend)
+
+        return self.static_cache.get((self.static_weight, self.static_index), build)
 
     def _mix(self, i: int, h: Tensor, graph, hypergraph) -> Tensor:
         """Layer ``i``'s spatial mixing, ``g * graph + (1 - g) * hypergraph`` with learned ``g``:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import STHSepNetConfig
 from .backbone import Backbone, load_backbone
+from .cache import TensorCache
 
 NUM_LAGS = 5
 NUM_STATS = 4 + NUM_LAGS  # min, max, median, trend, top lags
@@ -74,7 +75,7 @@ class TemporalStream(nn.Module):
             self.reprogramming = Reprogramming(c.d_model, c.n_heads, c.d_ff, bb.d_llm, c.dropout)
         else:
             self.patch_embedding = nn.Linear(c.patch_len, bb.d_llm)
-        self._prototype_cache: tuple[tuple, Tensor] | None = None
+        self.prototype_cache = TensorCache()
         if c.prompt:
             text = (f"Dataset description: {c.prompt_domain} Task description: forecast the next "
                     f"{c.pred_len} steps given the previous {c.seq_len} steps. Input statistics:")
@@ -94,14 +95,9 @@ class TemporalStream(nn.Module):
         are off, until the map's weights change (their version counter moves).
         """
         words = self.backbone.get_input_embeddings().weight            # [V, d_llm]
-        w, b = self.prototype_map.weight, self.prototype_map.bias
-        key = (w._version, b._version, w.data_ptr(), words.device, words.dtype)
-        if not torch.is_grad_enabled() and self._prototype_cache and self._prototype_cache[0] == key:
-            return self._prototype_cache[1]
-        protos = self.prototype_map(words.T).T                          # [S, d_llm]
-        if not torch.is_grad_enabled():
-            self._prototype_cache = (key, protos)
-        return protos
+        m = self.prototype_map
+        return self.prototype_cache.get((m.weight, m.bias, words), lambda: m(words.T).T,  # [S, d_llm]
+                                        keep=not torch.is_grad_enabled())
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.config
