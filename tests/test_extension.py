@@ -168,8 +168,9 @@ def test_cuda_kernels_equal_the_reference():
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_cuda_source_compiles_with_nvcc(tmp_path):
-    """Compile-only check of csrc/cuda/ with nvcc against this torch's headers (about a minute). A
-    CPU build of torch lacks one generated CUDA header; a stub stands in for it. Running the kernels
+    """Compile-only check of csrc/pool_patch/pool_patch_cuda.cu with nvcc against this torch's
+    headers (about a minute). A CPU build of torch lacks one generated CUDA header; a stub stands
+    in for it. Running the kernels
     needs a GPU: test_cuda_kernels_equal_the_reference."""
     import sysconfig
     from pathlib import Path
@@ -180,7 +181,7 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     stub.write_text("#pragma once\n")
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        ["nvcc", "-c", str(root / "csrc/cuda/pool_patch_cuda.cu"), "-o", str(tmp_path / "k.o"),
+        ["nvcc", "-c", str(root / "csrc/pool_patch/pool_patch_cuda.cu"), "-o", str(tmp_path / "k.o"),
          "-std=c++20", "-O2", "--expt-relaxed-constexpr", f"-I{include}",
          f"-I{include / 'torch/csrc/api/include'}", f"-I{sysconfig.get_paths()['include']}",
          f"-I{tmp_path}", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"],

@@ -1,4 +1,4 @@
-"""The extension's fused MixProp (``csrc/cpu/mixprop_cpu.cpp``, backend ``cpp``) beyond the
+"""The extension's fused MixProp (``csrc/mixprop/mixprop_cpu.cpp``, backend ``cpp``) beyond the
 comparisons with the reference that ``test_fast_ops.py`` runs for every fast backend: its tiling
 (ragged channel tiles, one step, steps wider than a tile), depth 0 and deep MixProps, block-diagonal
 structures, both compiled copies (AVX2 and the baseline), thread counts, its registration as an op

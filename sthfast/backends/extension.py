@@ -73,7 +73,7 @@ def mixprop_isa() -> str | None:
 def mixprop(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ...], depth: int,
             beta: float) -> Tensor:
     """Fused MixProp ``h_0 = x, h_{j+1} = beta x + P h_j`` over ``x [B, C, N, T]`` ->
-    ``[B, C (depth + 1), N, T]``, all steps in one pass (``csrc/cpu/mixprop_cpu.cpp``).
+    ``[B, C (depth + 1), N, T]``, all steps in one pass (``csrc/mixprop/mixprop_cpu.cpp``).
 
     ``structure`` is a :class:`sthfast.backends.sparse.SparseRows` ``S`` and ``vals [V, nnz]`` value vectors
     on its pattern (in its forward order); ``P`` applies ``hops`` in turn, each ``S`` (or ``S^T``
@@ -89,7 +89,7 @@ def mixprop(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ..
 
 
 def mixprop_tile_width(num_nodes: int, channels: int, steps: int, value_bytes: int = 4) -> int:
-    """Values per row of the fused MixProp's tiles (``csrc/cpu/mixprop.h``), for the memory model."""
+    """Values per row of the fused MixProp's tiles (``csrc/mixprop/mixprop.h``), for the memory model."""
     _require()
     return torch.ops.sthfast.mixprop_tile_width(num_nodes, channels, steps, value_bytes)
 

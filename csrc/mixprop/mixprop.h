@@ -1,4 +1,4 @@
-// The fused MixProp's plan, shared by its kernel copies (csrc/cpu/mixprop_cpu.cpp has the op's
+// The fused MixProp's plan, shared by its kernel copies (mixprop_cpu.cpp has the op's
 // description): the sparse structure as CSR views, the hop chain, the argument checks, the tiling.
 #pragma once
 

@@ -1,4 +1,4 @@
-// CPU kernels of the fused MixProp (schemas: csrc/extension.cpp; Python glue: sthfast/extension.py;
+// CPU kernels of the fused MixProp (schemas: schema.cpp; Python glue: sthfast/backends/extension.py;
 // the plan and checks: mixprop.h; the inner loops: mixprop_kernels.h, compiled twice here, for any
 // CPU and, on x86-64, for AVX2 + FMA, the copy picked at run time by CPUID).
 //

@@ -1,10 +1,10 @@
-// CUDA kernels of the fused pool + patch (see csrc/pool_patch.h). Compiled only where CMake finds a
+// CUDA kernels of the fused pool + patch (see pool_patch.h). Compiled only where CMake finds a
 // CUDA torch and a matching nvcc (WITH_CUDA); run only where a GPU is lent. Same arithmetic as the
 // CPU kernels, accumulated in float (double for double): pooling gives each (b, t) row one block
 // whose threads stride over the nodes and reduce in shared memory (the model pools one feature, so
 // the parallelism must come from N); the per-series work ([B, F, T], small) takes one thread per
 // (b, f); the spread back over the nodes is a grid-stride loop over every element of x.
-#include "../pool_patch.h"
+#include "pool_patch.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -50,7 +50,7 @@ __global__ void pool_kernel(const scalar_t* x, const acc_t* coef, scalar_t* seri
   }
 }
 
-// One thread per (b, f) series: the shared per-series code of csrc/pool_patch.h.
+// One thread per (b, f) series: the shared per-series code of pool_patch.h.
 template <typename scalar_t>
 __global__ void normalize_patch_kernel(scalar_t* series, scalar_t* mean, scalar_t* std,
                                        scalar_t* patches, int64_t BF, int64_t T, int64_t L,

@@ -1,6 +1,6 @@
-// CPU kernels of the fused pool + patch (see csrc/pool_patch.h): one pass over x, parallel over
+// CPU kernels of the fused pool + patch (see pool_patch.h): one pass over x, parallel over
 // (batch, step) rows with at::parallel_for; the per-series work ([B, F, T], small) parallel over (b, f).
-#include "../pool_patch.h"
+#include "pool_patch.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

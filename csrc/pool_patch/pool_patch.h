@@ -1,5 +1,5 @@
 // Fused pool + patch: the shapes and the per-device kernels behind sthfast::pool_patch_forward /
-// sthfast::pool_patch_backward (schemas and the Python glue: csrc/extension.cpp, sthfast/extension.py).
+// sthfast::pool_patch_backward (schemas: schema.cpp; the Python glue: sthfast/backends/extension.py).
 //
 // Forward, x [B, T, N, F], optional node weights w [B, N] (a 0/1 mask of present sensors):
 //   pooled[b, f, t] = sum_n w[b, n] x[b, t, n, f] / sum_n w[b, n]   (plain mean without w; 0 if no weight)

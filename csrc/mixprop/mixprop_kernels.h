@@ -1,4 +1,4 @@
-// The fused MixProp's inner loops (csrc/cpu/mixprop_cpu.cpp describes the op). Included twice by
+// The fused MixProp's inner loops (mixprop_cpu.cpp describes the op). Included twice by
 // mixprop_cpu.cpp, once per instruction set: STHFAST_MIXPROP_ISA names the namespace of the copy,
 // STHFAST_MIXPROP_TARGET its function attribute (empty, or target("avx2,fma")), and
 // STHFAST_MIXPROP_VEC_BYTES the vector width it sums in. Only these leaf functions carry the
