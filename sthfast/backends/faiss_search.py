@@ -1,24 +1,6 @@
 """Neighbour search with FAISS (optional: ``pip install 'sthfast[faiss-cpu]'`` or ``[faiss-gpu]``),
-for large point sets: the ``faiss`` backend's top-k.
-
-FAISS proposes ``k + MARGIN`` candidates per query, which :func:`sthfast.backends.sparse.neighbors.refine`
-re-scores exactly and orders by (score, index), so ties and scores are the reference's:
-
-* **exact** (default): a flat index (``IndexFlatL2`` / ``IndexFlatIP``; ``GpuIndexFlat*`` for CUDA
-  tensors with a GPU build). FAISS scores in float32 by a GEMM, so a query whose ``k``-th and
-  ``(k + MARGIN)``-th candidates are within that GEMM's rounding error of each other is searched
-  again exactly: the result equals :func:`sthfast.reference.topk_neighbors` (tested).
-* **approximate** (``approximate=True`` and at least :data:`APPROX_MIN_POINTS` keys): an inverted
-  file (``IndexIVFFlat``, ``nlist = 4 sqrt(M)`` k-means cells, at most ``M / 39``, trained on a
-  sample). Its ``nprobe`` is
-  tuned per call on :data:`TUNE_QUERIES` sampled queries against their exact neighbours, doubling
-  from 8 until the sample's recall@k reaches :data:`TARGET_RECALL`; when that needs more than a
-  quarter of the cells (points spread evenly in many dimensions, where no index beats a scan) the
-  flat index is used instead. Clustered points, such as learned node embeddings, need few cells.
-
-Tensors reach FAISS without copies where it allows (``faiss.contrib.torch_utils``: contiguous
-float32 on the CPU, or on the GPU with a GPU build); other dtypes are converted to float32.
-"""
+for large point sets: the ``faiss`` backend's top-k, exact by default, an inverted file with a
+tuned ``nprobe`` on request; how the results stay the reference's: ``sthfast/backends/README.md``."""
 
 from __future__ import annotations
 

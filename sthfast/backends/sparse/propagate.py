@@ -1,25 +1,6 @@
-"""Hypergraph and graph MixProp over :class:`SparseRows`, in O(nnz F) time and memory.
-
-Both are ``h_0 = x, h_{j+1} = beta x + P h_j`` over ``x [B, C, N, T]``, with ``P`` a chain of
-*hops* over one sparse matrix ``S``: ``(transpose, v)`` applies ``S`` (or ``S^T``) with the value
-vector ``values[v]`` on its pattern. The hypergraph (``S = H^T``, rows: hyperedges) is the chain
-gather (node -> hyperedge mean) then spread (hyperedge -> node mean); the graph (``S = A + I``) is
-one hop, ``A`` or ``A^T``. The normalisations and ``1 - beta`` are folded into the values with plain
-torch ops (O(nnz)), so their gradients (the membership weights' through the degrees included) come
-from autograd. Two propagators run a chain:
-
-* :func:`by_steps` (backends ``sparse``, ``triton``): one sparse product per hop through a
-  backend's ``spmm``, on a node-major view ``[rows, F]`` (``rows = N`` and ``F = B C T`` for a
-  shared structure; ``rows = B N`` and ``F = C T`` for a block-diagonal one), transposed once per
-  MixProp call. Each step costs its products plus one add over ``[rows, F]``: memory traffic, not
-  arithmetic.
-* :func:`fused` (backend ``cpp``, over :func:`sthfast.backends.extension.mixprop`): every step in one
-  kernel call, tile by tile in cache, ``x`` read once and the output written once in the model's
-  layout; on the CPU the step-by-step path's layout copies and passes (torch's CSR kernels also
-  zero their outputs first) are most of its time.
-
-Both take the same folded values, so their results differ only by rounding.
-"""
+"""Hypergraph and graph MixProp over :class:`SparseRows`, in O(nnz F) time and memory: a chain of
+hops over one sparse matrix, run step by step (:func:`by_steps`) or fused (:func:`fused`); the
+derivation is in ``sthfast/backends/README.md``."""
 
 from __future__ import annotations
 
