@@ -149,9 +149,9 @@ def throughput_section(run: dict) -> list[str]:
              "", "```", "python -m pytest benchmarks/test_throughput.py -k test_op "
              "--benchmark-json=benchmarks/throughput.json", "```", "", _machine(run), "",
              "Median ms (rounds: 5, or 1 for calls over 5 s) and, in brackets, the call's own peak MiB. "
-             "Ratios are each other path / ours, from this run. Ops: `topk` (d = 40, "
-             "k = 3), `hypergraph_construction` (search + merged structure; the authors': sklearn + "
-             "a Python loop + dense incidence), `hypergraph_propagation` (forward + backward over "
+             "Ratios are each other path / ours, from this run. Ops: `topk_neighbors` (d = 40, "
+             "k = 3), `knn_hypergraph` (search + merged structure; the authors': sklearn + "
+             "a Python loop + dense incidence), `hypergraph_mixprop` (forward + backward over "
              "B x C x T = 32 x 32 x 12; the authors': dense attention convolution over their "
              "incidence), `graph_mixprop` (adaptive top-20 graph + MixProp, forward + backward), "
              "`pool_patch` (forward + backward). Ours: `cpp` (the extension) for pool + patch and the "

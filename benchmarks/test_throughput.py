@@ -53,14 +53,14 @@ def op_case(op: str, backend: str, n: int, dtype: str):
         x = torch.randn(BATCH, T, n, 1, requires_grad=True)
         return lambda: ops.pool_patch(x, 4, 2, backend=backend)[0].sum().backward()
     z = _points(n)
-    if op == "topk":
+    if op == "topk_neighbors":
         return lambda: ops.topk_neighbors(z, z, K, self_first=True, backend=backend)
-    if op == "hypergraph_construction":
+    if op == "knn_hypergraph":
         if backend == "authors":
             return lambda: authors_approach.knn_incidence(z, K)
         return lambda: ops.knn_hypergraph(z, K, backend=backend)
     x = _features(n, dt)
-    if op == "hypergraph_propagation":
+    if op == "hypergraph_mixprop":
         if backend == "authors":
             incidence = authors_approach.knn_incidence(z, K)
             return lambda: authors_approach.hypergraph_attention_conv(x, incidence, dt).sum().backward()
@@ -114,10 +114,10 @@ def _skip_reason(op: str, backend: str, n: int, dtype: str) -> str | None:
         return "FAISS is not installed"
     if backend == "cpp" and not extension.available():
         return "the C++ extension is not built"
-    if backend == "reference" and op in ("hypergraph_propagation", "graph_mixprop") and n > DENSE_LIMIT:
+    if backend == "reference" and op in ("hypergraph_mixprop", "graph_mixprop") and n > DENSE_LIMIT:
         return (f"dense N x N products over B C T = {BATCH * C * T} columns: about "
                 f"{6 * DEPTH * n * n * BATCH * C * T / 1e12:.0f} TFLOP per call")
-    if backend == "authors" and op == "hypergraph_propagation" and n > 1000:
+    if backend == "authors" and op == "hypergraph_mixprop" and n > 1000:
         return f"the authors' dense attention needs {BATCH * T * n * n * 4 / 1e9:.0f} GB per tensor"
     if backend == "authors" and dtype == "bfloat16" and n > 207:
         return "bfloat16 as the authors ship it: measured at N = 207 only (~7x slower than float32 here)"
@@ -141,14 +141,14 @@ def _measure(benchmark, make, factory: str, *args) -> float | None:
     return peak
 
 
-OPS = {"pool_patch": ("reference", "cpp"), "topk": ("reference", "sparse", "faiss"),
-       "hypergraph_construction": ("authors", "reference", "sparse", "faiss"),
-       "hypergraph_propagation": ("authors", "reference", "sparse", "cpp"),
+OPS = {"pool_patch": ("reference", "cpp"), "topk_neighbors": ("reference", "sparse", "faiss"),
+       "knn_hypergraph": ("authors", "reference", "sparse", "faiss"),
+       "hypergraph_mixprop": ("authors", "reference", "sparse", "cpp"),
        "graph_mixprop": ("reference", "sparse", "cpp")}
 
 
 OP_CASES = [(op, b, "float32") for op, bs in OPS.items() for b in bs] + \
-    [("hypergraph_propagation", b, "bfloat16") for b in ("authors", "sparse", "cpp")]   # as the authors ship it
+    [("hypergraph_mixprop", b, "bfloat16") for b in ("authors", "sparse", "cpp")]   # as the authors ship it
 
 
 @pytest.mark.parametrize("n", SIZES)

@@ -31,7 +31,7 @@ def test_quick_suites_run_and_render(tmp_path):
     _run(["benchmarks/large_n.py", "--quick", "--out", str(tmp_path / "large_n.json")])
     _run(["benchmarks/render_results.py", "--from", str(tmp_path), "--out", str(tmp_path / "RESULTS.md")])
     text = (tmp_path / "RESULTS.md").read_text()
-    for heading in ("## Throughput", "### hypergraph_construction (float32)", "## The whole model",
+    for heading in ("## Throughput", "### knn_hypergraph (float32)", "## The whole model",
                     "## Large N", "### Hypergraph stage with `auto`"):
         assert heading in text, heading
     assert "| 64 |" in text and "authors / sparse" in text

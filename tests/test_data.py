@@ -4,6 +4,7 @@ adjacency formats, the errors, the protocol's split / scaler / lazy windows and 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,13 @@ def _values(t: int, n: int, f: int | None = None, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     shape = (t, n) if f is None else (t, n, f)
     return (rng.random(shape) * 50 + 10).astype(np.float32)
+
+
+def _npz(tmp_path, name: str, **arrays) -> Path:
+    """``arrays`` saved as ``tmp_path / name``."""
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
 
 
 def _raises(path, match: str, func, *args, **kwargs) -> str:
@@ -71,8 +79,7 @@ def test_npz_2d_with_adj_and_timestamps(tmp_path):
 
 def test_npz_3d_without_extras(tmp_path):
     data = _values(5, 4, 2)
-    path = tmp_path / "three.npz"
-    np.savez(path, data=data)
+    path = _npz(tmp_path, "three.npz", data=data)
     s = load_series(path)
     assert s.values.shape == (5, 4, 2)
     np.testing.assert_array_equal(s.values, data)
@@ -83,15 +90,13 @@ def test_npz_3d_without_extras(tmp_path):
 
 def test_npz_other_key(tmp_path):
     data = _values(4, 2)
-    path = tmp_path / "keyed.npz"
-    np.savez(path, speed=data)
+    path = _npz(tmp_path, "keyed.npz", speed=data)
     np.testing.assert_array_equal(load_series(path, key="speed").values[..., 0], data)
 
 
 def test_pems_npz_flow_by_default_all_on_request(tmp_path):
     data = _values(7, 5, 3)
-    path = tmp_path / "PEMS04.npz"
-    np.savez(path, data=data)
+    path = _npz(tmp_path, "PEMS04.npz", data=data)
     flow = load_series(path)
     assert flow.values.shape == (7, 5, 1)
     np.testing.assert_array_equal(flow.values[..., 0], data[..., 0])
@@ -385,25 +390,16 @@ def test_error_inf_values(tmp_path):
     _raises(csv, "inf", load_series, csv)
 
 
-def test_error_csv_ragged_rows(tmp_path):
-    path = tmp_path / "ragged.csv"
-    path.write_text("a,b,c\n1,2,3\n4,5\n")
-    _raises(path, r"different numbers of columns \[2, 3\]", load_series, path)
-
-
-def test_error_csv_non_numeric_cell(tmp_path):
-    path = tmp_path / "words.csv"
-    path.write_text("a,b\n1,2\n3,fast\n")
-    _raises(path, "non-numeric", load_series, path)
-
-
-def test_error_csv_empty_and_header_only(tmp_path):
-    empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    _raises(empty, "empty", load_series, empty)
-    header = tmp_path / "header.csv"
-    header.write_text("a,b\n")
-    _raises(header, "no data rows", load_series, header)
+@pytest.mark.parametrize("text, message", [
+    ("a,b,c\n1,2,3\n4,5\n", r"different numbers of columns \[2, 3\]"),
+    ("a,b\n1,2\n3,fast\n", "non-numeric"),
+    ("", "empty"),
+    ("a,b\n", "no data rows"),
+])
+def test_error_bad_csv(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    _raises(path, message, load_series, path)
 
 
 def test_error_bad_timestamps_and_count(tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from sthfast import ops, reference
 from sthfast.backends import sparse
-from sthfast.backends.sparse import neighbors, structure
+from sthfast.backends.sparse import structure, topk_neighbors
 
 from fast_backends import CPP, FAST_BACKENDS, MODEL_BACKENDS, SPMM_BACKENDS
 
@@ -77,12 +77,12 @@ def test_topk_batched_with_duplicates_and_empty_batch(backend):
 
 
 def test_sparse_topk_over_many_tiles_and_chunks(monkeypatch):
-    monkeypatch.setattr(neighbors, "TILE_ELEMENTS", 64)   # 16-key tiles, 4-query chunks
+    monkeypatch.setattr(topk_neighbors, "TILE_ELEMENTS", 64)   # 16-key tiles, 4-query chunks
     z = points(101, 5, torch.float64, seed=7, duplicates=30)
     for k in (1, 3, 9):
-        assert torch.equal(neighbors.topk_neighbors(z, z, k, "l2", True),
+        assert torch.equal(topk_neighbors.topk_neighbors(z, z, k, "l2", True),
                            reference.topk_neighbors(z, z, k, self_first=True))
-        assert torch.equal(neighbors.topk_neighbors(z, z.flip(0), k, "ip"),
+        assert torch.equal(topk_neighbors.topk_neighbors(z, z.flip(0), k, "ip"),
                            reference.topk_neighbors(z, z.flip(0), k, "ip"))
 
 

@@ -15,7 +15,7 @@ import torch
 from sthfast import ops
 from sthfast.backends import extension, sparse
 from sthfast.backends.sparse import structure
-from sthfast.backends.sparse.propagate import HYPERGRAPH_HOPS
+from sthfast.backends.sparse.mixprop import HYPERGRAPH_HOPS
 
 pytestmark = pytest.mark.skipif(not extension.available(),
                                 reason=f"the C++ extension is not built: {extension.load()}")

@@ -149,13 +149,14 @@ def _register_mixprop() -> None:
 def _by_steps(x: Tensor, index: list[Tensor], vals: Tensor, hop_transpose: list[int],
               hop_value: list[int], blocks: int, depth: int, beta: float) -> Tensor:
     """The fused MixProp's twin in PyTorch ops (the ``sparse`` backend's step-by-step products)."""
-    from .sparse import SparseRows, propagate, spmm  # noqa: PLC0415
+    from .sparse import SparseRows, spmm
+    from .sparse.mixprop import by_steps  # noqa: PLC0415
 
     row_ptr, col, col_ptr, t_col, from_t = index
     row = torch.repeat_interleave(torch.arange(row_ptr.shape[0] - 1, device=col.device), row_ptr.diff())
     s = SparseRows(row_ptr, col, row, col_ptr, t_col, from_t, vals[0], None if blocks == -1 else blocks)
     hops = tuple((bool(t), v) for t, v in zip(hop_transpose, hop_value))
-    return propagate.by_steps(spmm, x, s, list(vals.unbind(0)), hops, depth, beta)
+    return by_steps(spmm, x, s, list(vals.unbind(0)), hops, depth, beta)
 
 
 def _register_pool_patch() -> None:
@@ -215,7 +216,7 @@ def _implementations() -> tuple[Implementation, ...]:
     structures (``cpp``), which ``auto`` takes on the CPU; the constructors are sparse's, there
     so that naming ``cpp`` works, never taken by ``auto`` (which resolves them on their own: the
     tiled search or FAISS, by size)."""
-    fused = sparse.backend_ops(sparse.spmm, sparse.topk, mixprop=mixprop)
+    fused = sparse.backend_ops(sparse.spmm, sparse.topk, fused=mixprop)
     return (Implementation("pool_patch", "cpp", pool_patch, auto_on=runs_on_cpu),
             Implementation("pool_patch", "cuda", pool_patch, auto_on=runs_on_cuda),
             *(Implementation(op, "cpp", fused[op], auto_on=runs_on_cpu)

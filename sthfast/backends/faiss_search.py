@@ -14,7 +14,7 @@ from torch import Tensor
 from .. import optional_deps
 from . import Implementation, nowhere, sparse
 from .sparse.custom_ops import define_topk
-from .sparse.neighbors import MARGIN, per_point_set, refine
+from .sparse.topk_neighbors import MARGIN, per_point_set, refine
 
 APPROX_MIN_POINTS = 20_000   # below this an IVF index costs more than it saves (benchmarks/)
 TARGET_RECALL = 0.97

@@ -3,7 +3,7 @@
 :func:`backend_ops` assembles the model's ops from two interchangeable pieces, a top-k search and a
 sparse-times-dense kernel pair, so that the ``triton`` backend (:mod:`sthfast.backends.triton`) reuses every
 structure builder and propagation here and swaps only those kernels. The ``sparse`` pieces are
-torch's own: the tiled search of :mod:`.neighbors`, CSR ``torch.sparse.mm`` and
+torch's own: the tiled search of :mod:`.topk_neighbors`, CSR ``torch.sparse.mm`` and
 ``torch.sparse.sampled_addmm`` (MKL / cuSPARSE, multi-threaded), so ``sparse`` runs on any device.
 """
 
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ... import reference
 from .. import Implementation
-from . import neighbors, propagate, structure
+from . import mixprop, structure, topk_neighbors
 from .custom_ops import define_spmm, define_topk
 from .structure import SparseRows
 
@@ -56,13 +56,13 @@ spmm = define_spmm("sparse", _rows, _sampled)
 
 
 def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
-                mixprop: Callable[..., Tensor] | None = None) -> dict[str, Callable]:
+                fused: Callable[..., Tensor] | None = None) -> dict[str, Callable]:
     """The structure / propagation ops of :mod:`sthfast.ops` built on ``spmm`` and ``topk``
-    (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``); the propagations run
-    step by step through ``spmm``, or with a fused ``mixprop`` kernel
-    (:func:`sthfast.backends.extension.mixprop`) through it (see :mod:`.propagate`)."""
-    propagator = (propagate.fused(mixprop) if mixprop is not None
-                  else functools.partial(propagate.by_steps, spmm))
+    (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``); the MixProps run
+    step by step through ``spmm``, or with a ``fused`` MixProp kernel
+    (:func:`sthfast.backends.extension.mixprop`) (see :mod:`.mixprop`)."""
+    propagator = (mixprop.fused(fused) if fused is not None
+                  else functools.partial(mixprop.by_steps, spmm))
 
     def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float | Tensor,
                        neighbors: Tensor | None) -> SparseRows:
@@ -84,18 +84,18 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
                                   torch.cat([values.new_ones(n, 1), values], 1), n)
 
     def hypergraph_mixprop(x: Tensor, incidence_t: SparseRows, depth: int, beta: float) -> Tensor:
-        return propagate.hypergraph_mixprop(propagator, x, incidence_t, depth, beta)
+        return mixprop.hypergraph_mixprop(propagator, x, incidence_t, depth, beta)
 
     def graph_mixprop(x: Tensor, adjacency: SparseRows, depth: int, beta: float,
                       transpose: bool) -> Tensor:
-        return propagate.graph_mixprop(propagator, x, adjacency, depth, beta, transpose)
+        return mixprop.graph_mixprop(propagator, x, adjacency, depth, beta, transpose)
 
     return dict(topk_neighbors=topk, knn_hypergraph=knn_hypergraph, adaptive_graph=adaptive_graph,
                 static_graph=structure.with_self_loops, hypergraph_mixprop=hypergraph_mixprop,
                 graph_mixprop=graph_mixprop)
 
 
-topk = define_topk("sparse", neighbors.topk_neighbors)
+topk = define_topk("sparse", topk_neighbors.topk_neighbors)
 OPS = backend_ops(spmm, topk)
 
 
