@@ -31,88 +31,103 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-CHILD = r"""
-import json, statistics, sys, time, torch
-spec = json.loads(sys.argv[1])
-torch.manual_seed(0)
-from sthfast import ops, reference
-from sthfast.backends.faiss_search import _faiss
-if spec.get("faiss_import", True):
-    try:
-        _faiss()
-    except ImportError:
-        pass
+# --- one case, run in a fresh process by measure() (python benchmarks/large_n.py --child SPEC) ---
 
-def status(field):
+def _status(field: str) -> int:
     return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
 
-def points(n, d):
+
+def _points(n: int, d: int):
+    import torch
+
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(max(n // 50, 1), d, generator=g)            # clustered, like embeddings
     z = centres[torch.randint(0, len(centres), (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
     return torch.tanh(z)
 
-def build(spec, n):
-    # the case's call at n nodes (a small n first warms up lazy initialisation)
-    return CASES[spec["kind"]](spec, n)
 
-def search_case(spec, n):
-    kind = spec["kind"]
-    z = points(n, 40)
+def _search_case(spec: dict, n: int):
+    from sthfast import ops, reference
+
+    z = _points(n, 40)
     backend, approximate = spec["backend"], spec.get("approximate", False)
     if backend == "reference":
         return z, lambda: reference.knn_hypergraph(z, 3)
-    if kind == "threshold":
+    if spec["kind"] == "threshold":
         return z, lambda: ops.topk_neighbors(z, z, 3, self_first=True, backend=backend)
     return z, lambda: ops.knn_hypergraph(z, 3, neighbors=ops.topk_neighbors(
         z, z, 3, self_first=True, approximate=approximate, backend=backend), backend=backend)
 
-def stage_case(spec, n):
-    z = points(n, 40).requires_grad_()
+
+def _stage_case(spec: dict, n: int):
+    import torch
+
+    from sthfast import ops
+
+    z = _points(n, 40).requires_grad_()
     x = torch.randn(1, 32, n, 12, requires_grad=True)
+
     def run():
         h = ops.knn_hypergraph(z, 3)
         y = ops.hypergraph_mixprop(x, h, 2, 0.05)
         y.square().mean().backward()
     return z, run
 
-def train_case(spec, n):
+
+def _train_case(spec: dict, n: int):
+    import torch
+
     from sthfast import STHSepNet, STHSepNetConfig
+
     config = STHSepNetConfig(num_nodes=n, seq_len=12, pred_len=12, patch_len=4, stride=2,
                              backend=spec["backend"])
     model = STHSepNet(config)
     x, y = torch.randn(8, 12, n, 1), torch.randn(8, 12, n)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+
     def run():
         opt.zero_grad()
         (model(x) - y).square().mean().backward()
         opt.step()
     return None, run
 
-CASES = {"threshold": search_case, "construction": search_case, "stage": stage_case,
-         "train_step": train_case}
-kind = spec["kind"]
-build(spec, 256)[1]()                                   # lazy initialisation, outside the measure
-z, run = build(spec, spec["n"])
-base = status("VmRSS")
-times = []
-result = None
-for _ in range(spec["repeats"]):
-    start = time.perf_counter()
-    result = run()
-    times.append(time.perf_counter() - start)
-out = {"seconds": statistics.median(times), "times": times, "peak_mib": (status("VmHWM") - base) / 2**20,
-       "threads": torch.get_num_threads()}
-if kind == "construction" and spec.get("recall_against"):
-    idx = ops.topk_neighbors(z, z, 3, self_first=True, approximate=True, backend="faiss")
-    exact = ops.topk_neighbors(z, z, 3, self_first=True, backend="faiss")
-    out["recall"] = (idx.unsqueeze(2) == exact.unsqueeze(1)).any(1).float().mean().item()
-print(json.dumps(out))
-"""
+
+CASES = {"threshold": _search_case, "construction": _search_case, "stage": _stage_case,
+         "train_step": _train_case}
+
+
+def child(spec: dict) -> dict:
+    """Measure one case in this process: the median of its repeats and the peak RSS they add."""
+    import torch
+
+    from sthfast import ops
+    from sthfast.backends.faiss_search import _faiss
+
+    torch.manual_seed(0)
+    if spec.get("faiss_import", True):
+        try:
+            _faiss()
+        except ImportError:
+            pass
+    CASES[spec["kind"]](spec, 256)[1]()                   # lazy initialisation, outside the measure
+    z, run = CASES[spec["kind"]](spec, spec["n"])
+    base = _status("VmRSS")
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    out = {"seconds": statistics.median(times), "times": times, "peak_mib": (_status("VmHWM") - base) / 2**20,
+           "threads": torch.get_num_threads()}
+    if spec["kind"] == "construction" and spec.get("recall_against"):
+        idx = ops.topk_neighbors(z, z, 3, self_first=True, approximate=True, backend="faiss")
+        exact = ops.topk_neighbors(z, z, 3, self_first=True, backend="faiss")
+        out["recall"] = (idx.unsqueeze(2) == exact.unsqueeze(1)).any(1).float().mean().item()
+    return out
 
 
 def measure(spec: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True,
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                           text=True, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
@@ -149,7 +164,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (CI smoke run)")
     parser.add_argument("--out", default=str(HERE / "large_n.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)             # one case, from measure()
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
     import platform
 
     import torch

@@ -3,17 +3,13 @@ same hyperedges as our reference, and its convolution runs forward and backward.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from sthfast import reference
 
 pytest.importorskip("sklearn")
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import authors_approach  # noqa: E402
+import authors_approach  # noqa: E402 (benchmarks/, on the tests' path by pyproject.toml; needs sklearn)
 
 
 @pytest.mark.parametrize("n,k", [(50, 3), (207, 3), (120, 5)])

@@ -68,8 +68,7 @@ def test_thread_count_changes_only_the_summation_order():
 
 
 BASELINE_SCRIPT = """
-import sys, torch
-sys.path.insert(0, sys.argv[1])
+import torch
 from sthfast.backends import extension
 from test_fused_mixprop import hypergraph_case, outputs_and_grads
 z, x = hypergraph_case(2, 13, 17, 12, dtype=torch.float32)
@@ -81,9 +80,9 @@ print(extension.mixprop_isa(), max(float((a - b).abs().max()) for a, b in zip(go
 @pytest.mark.skipif(extension.mixprop_isa() != "avx2", reason="only the baseline copy is compiled here")
 def test_the_baseline_copy_agrees_too():
     """STHFAST_CPU_BASELINE=1 runs the copy compiled for plain x86-64 (what CPUs without AVX2 get)."""
-    done = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT, os.path.dirname(__file__)],
-                          env={**os.environ, "STHFAST_CPU_BASELINE": "1"}, capture_output=True,
-                          text=True, timeout=300)
+    here = os.pathsep.join(filter(None, (os.path.dirname(__file__), os.environ.get("PYTHONPATH"))))
+    done = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "STHFAST_CPU_BASELINE": "1", "PYTHONPATH": here})
     assert done.returncode == 0, done.stderr[-2000:]
     isa, error = done.stdout.split()
     assert isa == "baseline" and float(error) < 1e-5
