@@ -170,6 +170,39 @@ at::Tensor forward(const at::Tensor& row_ptr, const at::Tensor& col, const at::T
   return out;
 }
 
+// The value gradient of step j's last hop, <grad of its output, its input>: the input is h_{j-1}
+// (in s.h) for one hop, the first hop's output recomputed into s.mid for two.
+template <class K, typename acc_t>
+void last_hop_value_grad(const Operator& op, int64_t blk, const acc_t* vals, int64_t nnz, Scratch<acc_t>& s,
+                         int64_t W, acc_t* gv) {
+  const Hop& first = op.hops.front();
+  const Hop& last = op.hops.back();
+  const bool two = op.hops.size() > 1;
+  if (two)
+    K::apply_rows(op.view(first, false), blk, vals + first.value * nnz, s.h.data(), s.mid.data(), W,
+                  (const acc_t*)nullptr, acc_t(0));
+  K::sampled_dot(op.view(last, false), blk, s.grad.data(), two ? s.mid.data() : s.h.data(), W, gv + last.value * nnz);
+}
+
+// Back through step j's hops: s.grad_in = P^T s.grad (via s.grad_mid for two hops), and, when gv is
+// given, the first hop's value gradient from s.grad_mid and its input h_{j-1} (in s.h).
+template <class K, typename acc_t>
+void step_back(const Operator& op, int64_t blk, const acc_t* vals, int64_t nnz, Scratch<acc_t>& s, int64_t W,
+               acc_t* gv) {
+  const Hop& first = op.hops.front();
+  const Hop& last = op.hops.back();
+  if (op.hops.size() == 1) {
+    K::apply_rows(op.view(last, true), blk, vals + last.value * nnz, s.grad.data(), s.grad_in.data(), W,
+                  (const acc_t*)nullptr, acc_t(0));
+    return;
+  }
+  K::apply_rows(op.view(last, true), blk, vals + last.value * nnz, s.grad.data(), s.grad_mid.data(), W,
+                (const acc_t*)nullptr, acc_t(0));
+  if (gv) K::sampled_dot(op.view(first, false), blk, s.grad_mid.data(), s.h.data(), W, gv + first.value * nnz);
+  K::apply_rows(op.view(first, true), blk, vals + first.value * nnz, s.grad_mid.data(), s.grad_in.data(), W,
+                (const acc_t*)nullptr, acc_t(0));
+}
+
 // The gradients of x and (need_vals) of vals, from grad [B, (D + 1) C, N, T] and the forward's output
 // out (same shape: its h_j are the hops' inputs, so nothing is recomputed but the first hop's output).
 template <class K>
@@ -201,37 +234,20 @@ std::tuple<at::Tensor, at::Tensor> backward(
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
     acc_t* gvp = grad_vals_chunks.data_ptr<acc_t>();
     const acc_t b_ = static_cast<acc_t>(beta);
-    const Hop& first = op.hops.front();
-    const Hop& last = op.hops.back();
-    const bool two = op.hops.size() > 1;
     for_each_tile<acc_t>(op, tl, chunks, true, need_vals,
                          [&](int64_t b, int64_t c0, int64_t cs, Scratch<acc_t>& s, int64_t chunk) {
       const int64_t blk = blocks == -1 ? 0 : b, W = cs * T, NW = N * W;
-      acc_t* gv = gvp + (need_vals ? chunk : 0) * V * nnz;
+      acc_t* gv = need_vals ? gvp + chunk * V * nnz : nullptr;
       const auto step_base = [&](int64_t j) { return channel_bases(b, D1 * C, j * C + c0, cs, N * T); };
       std::fill(s.grad_x.begin(), s.grad_x.begin() + NW, acc_t(0));
       K::gather_tile(gp, step_base(depth).data(), cs, N, T, s.grad.data());  // dL/dh_D
       for (int64_t j = depth; j >= 1; --j) {
         K::axpy(NW, b_, s.grad.data(), s.grad_x.data());
-        if (need_vals) {                                             // <grad of a hop's output, its input>
-          K::gather_tile(op_out, step_base(j - 1).data(), cs, N, T, s.h.data());
-          if (two)
-            K::apply_rows(op.view(first, false), blk, vp + first.value * nnz, s.h.data(), s.mid.data(), W,
-                          (const acc_t*)nullptr, acc_t(0));
-          K::sampled_dot(op.view(last, false), blk, s.grad.data(), two ? s.mid.data() : s.h.data(), W,
-                         gv + last.value * nnz);
+        if (gv) {
+          K::gather_tile(op_out, step_base(j - 1).data(), cs, N, T, s.h.data());   // the step's input
+          last_hop_value_grad<K>(op, blk, vp, nnz, s, W, gv);
         }
-        if (two) {                                                   // back through the last hop, then the first
-          K::apply_rows(op.view(last, true), blk, vp + last.value * nnz, s.grad.data(), s.grad_mid.data(), W,
-                        (const acc_t*)nullptr, acc_t(0));
-          if (need_vals)
-            K::sampled_dot(op.view(first, false), blk, s.grad_mid.data(), s.h.data(), W, gv + first.value * nnz);
-          K::apply_rows(op.view(first, true), blk, vp + first.value * nnz, s.grad_mid.data(), s.grad_in.data(), W,
-                        (const acc_t*)nullptr, acc_t(0));
-        } else {
-          K::apply_rows(op.view(last, true), blk, vp + last.value * nnz, s.grad.data(), s.grad_in.data(), W,
-                        (const acc_t*)nullptr, acc_t(0));
-        }
+        step_back<K>(op, blk, vp, nnz, s, W, gv);
         K::gather_tile(gp, step_base(j - 1).data(), cs, N, T, s.grad.data());  // dL/dh_{j-1}: its own output
         K::axpy(NW, acc_t(1), s.grad_in.data(), s.grad.data());                // + through the step
       }
