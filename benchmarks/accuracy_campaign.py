@@ -64,7 +64,7 @@ DATASETS = (
     Dataset("chickenpox", "CHICKENPOX-HU, 4 weeks -> 1",
             ("--data", f"{SHARED}/CHICKENPOX-HU/chickenpox_hu.npz", "--protocol", "standard",
              "--no-zeros-missing", "--seq-len", "4", "--pred-len", "1", "--patch-len", "2", "--stride", "1",
-             "--steps-per-day", "52", "--epochs", "15", "--patience", "5"), "z-score"),
+             "--steps-per-day", "52", "--epochs", "40", "--patience", "5"), "z-score"),
 )
 
 VARIANTS = {
