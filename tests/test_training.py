@@ -232,8 +232,13 @@ def test_masked_losses_ignore_missing_targets():
     assert masked_loss(pred, target, valid_mask(target, True)).item() == pytest.approx(1.0)
     assert masked_loss(pred, target, valid_mask(target, False), "mae").item() == pytest.approx((1 + 3) / 2)
     assert masked_loss(pred, target, valid_mask(target, True), "mae").item() == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="loss='huber'"):
-        TrainConfig(loss="huber")
+    # Huber: squared / 2 below delta, delta * (|e| - delta / 2) above; here errors 1 and 3 (valid)
+    assert masked_loss(pred, target, valid_mask(target, False), "huber", 2.0).item() == pytest.approx((0.5 + 2 * 2) / 2)
+    assert masked_loss(pred, target, valid_mask(target, False), "huber", 4.0).item() == pytest.approx((0.5 + 4.5) / 2)
+    with pytest.raises(ValueError, match="loss='quantile'"):
+        TrainConfig(loss="quantile")
+    with pytest.raises(ValueError, match="huber_delta=0"):
+        TrainConfig(loss="huber", huber_delta=0)
 
 
 def test_the_mae_loss_is_the_default_and_is_recorded(tiny_backbones, tmp_path):
