@@ -38,12 +38,9 @@ def _status(field: str) -> int:
 
 
 def _points(n: int, d: int):
-    import torch
+    from sthfast.testing import embeddings
 
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(max(n // 50, 1), d, generator=g)            # clustered, like embeddings
-    z = centres[torch.randint(0, len(centres), (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
-    return torch.tanh(z)
+    return embeddings(n, d, clusters=max(n // 50, 1), spread=0.3)     # clustered, like learned embeddings
 
 
 def _search_case(spec: dict, n: int):

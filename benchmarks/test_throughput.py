@@ -27,6 +27,7 @@ import authors_approach
 import peers
 from sthfast import STHSepNet, STHSepNetConfig, optional_deps, ops
 from sthfast.backends import extension
+from sthfast.testing import embeddings, features
 
 QUICK = os.environ.get("STHFAST_BENCH_QUICK") == "1"
 SIZES = (64,) if QUICK else (207, 358, 883, 8600)
@@ -36,14 +37,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SECONDS_PER_CALL_LIMIT = 5.0           # slower cases: one round, in-process peak
 
 
-def _points(n: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(n)
-    return torch.tanh(torch.randn(n, D, generator=g))
-
-
 def _features(n: int, dtype: torch.dtype, grad: bool = True) -> torch.Tensor:
-    g = torch.Generator().manual_seed(n + 1)
-    return torch.randn(BATCH, C, n, T, generator=g).to(dtype).requires_grad_(grad)
+    return features(BATCH, C, n, T, dtype, seed=n + 1, grad=grad)
 
 
 def op_case(op: str, backend: str, n: int, dtype: str):
@@ -52,7 +47,7 @@ def op_case(op: str, backend: str, n: int, dtype: str):
     if op == "pool_patch":
         x = torch.randn(BATCH, T, n, 1, requires_grad=True)
         return lambda: ops.pool_patch(x, 4, 2, backend=backend)[0].sum().backward()
-    z = _points(n)
+    z = embeddings(n, D, seed=n)
     if op == "topk_neighbors":
         return lambda: ops.topk_neighbors(z, z, K, self_first=True, backend=backend)
     if op == "knn_hypergraph":

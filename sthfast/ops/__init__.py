@@ -39,6 +39,11 @@ def register(implementation: Implementation) -> None:
     _REGISTRY.setdefault(implementation.op, {})[implementation.backend] = implementation
 
 
+def implementations(op: str) -> dict[str, Implementation]:
+    """Backend name -> implementation of ``op``: every one registered, whether it runs here or not."""
+    return dict(_REGISTRY[op])
+
+
 def resolve(op: str, backend: str, device: torch.device | str, points: int = 0) -> str:
     """The backend that runs ``op`` on ``device`` (over ``points`` points, for a neighbour
     search) when asked for ``backend``."""

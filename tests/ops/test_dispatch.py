@@ -1,10 +1,15 @@
-"""The backend switch: ``auto`` falls back to the reference, explicit names are checked."""
+"""The backend switch over every op: ``auto`` picks per op and device and falls back to the
+reference, explicit names are checked, the registry is complete; the fast paths' ops compile into
+one graph with no break."""
 
 import pytest
 import torch
 
 from sthfast import optional_deps, ops, reference
 from sthfast.backends import Implementation
+from sthfast.testing import features, points
+
+from backend_cases import runnable
 
 
 def test_auto_picks_per_op_on_cpu():
@@ -64,12 +69,13 @@ def test_reference_backend_ops_equal_the_reference_functions():
 
 def test_every_backend_registers_both_ops_of_a_pair():
     for constructor, propagation in ops.PAIRS:
-        assert set(ops._REGISTRY[constructor]) == set(ops._REGISTRY[propagation]), (constructor, propagation)
+        assert set(ops.implementations(constructor)) == set(ops.implementations(propagation)), (constructor, propagation)
 
 
 def test_every_op_has_a_reference_with_its_name_and_every_record_is_filed_under_it():
     assert set(reference.OPS) == set(ops.OPS)
-    for op, impls in ops._REGISTRY.items():
+    for op in ops.OPS:
+        impls = ops.implementations(op)
         assert impls["reference"].fn is getattr(reference, op)
         assert all(i.op == op and i.backend == name for name, i in impls.items())
 
@@ -81,3 +87,22 @@ def test_probe_reports_every_optional_piece():
     assert optional_deps.probe("cuda").ok == torch.cuda.is_available()
     with pytest.raises(ValueError, match="unknown optional piece"):
         optional_deps.probe("quantum")
+
+
+@pytest.mark.parametrize("backend", runnable("hypergraph_mixprop", exclude=("faiss", "triton")))
+def test_construction_and_propagation_compile_as_one_graph(backend):
+    """The fast paths' ops are custom ops or fixed-size torch ops: no graph break, forward or
+    backward."""
+    def spatial(z, m1, m2, x):
+        h = ops.knn_hypergraph(z, 3, backend=backend)
+        a = ops.adaptive_graph(m1, m2, 2, 3.0, backend=backend)
+        return (ops.hypergraph_mixprop(x, h, 2, 0.05, backend=backend)
+                + ops.graph_mixprop(x, a, 2, 0.05, transpose=True, backend=backend))
+
+    args = [points(9, 4, torch.float32, seed=i).requires_grad_() for i in range(3)]
+    args.append(features(2, 3, 9, 5, torch.float32, grad=True))
+    compiled = torch.compile(spatial, backend="aot_eager", fullgraph=True)
+    got, want = compiled(*args), spatial(*args)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), args), torch.autograd.grad(want.sum(), args)):
+        torch.testing.assert_close(a, b)
