@@ -156,9 +156,10 @@ OPS = sparse.backend_ops(sparse.spmm, topk)   # FAISS search in the sparse build
 # the CPU: where FAISS's flat search overtook it on a 2-core CPU (benchmarks/large_n.py, RESULTS.md).
 # On CUDA ``auto`` keeps Triton when it is installed (FAISS GPU unmeasured here: name ``faiss``).
 FAISS_MIN_POINTS = 4096
-SEARCHES = ("topk_neighbors", "knn_hypergraph", "adaptive_graph")
-# auto takes the searches on large point sets; the propagations are sparse's, there so that naming
+# auto takes the searches on large point sets; the others are sparse's, there so that naming
 # ``faiss`` works, never taken by auto (which resolves propagation on its own)
-IMPLEMENTATIONS = tuple(
-    Implementation(op, "faiss", fn, auto_on=runs_on, min_points=FAISS_MIN_POINTS) if op in SEARCHES
-    else Implementation(op, "faiss", fn, auto_on=nowhere, runs_on=runs_on) for op, fn in OPS.items())
+SEARCHES = ("topk_neighbors", "knn_hypergraph", "adaptive_graph")
+FROM_SPARSE = ("static_graph", "hypergraph_mixprop", "graph_mixprop")
+IMPLEMENTATIONS = (
+    *(Implementation(op, "faiss", OPS[op], auto_on=runs_on, min_points=FAISS_MIN_POINTS) for op in SEARCHES),
+    *(Implementation(op, "faiss", OPS[op], auto_on=nowhere, runs_on=runs_on) for op in FROM_SPARSE))

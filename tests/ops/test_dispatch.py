@@ -67,7 +67,10 @@ def test_reference_backend_ops_equal_the_reference_functions():
     assert torch.equal(ops.topk_neighbors(z, z, 2, **ref), reference.topk_neighbors(z, z, 2))
 
 
-def test_every_backend_registers_both_ops_of_a_pair():
+def test_every_backend_registers_both_ops_of_a_pair_and_those_built_on_sparse_all_of_its_ops():
+    from sthfast.backends import faiss_search, sparse, triton
+
+    assert set(triton.RUNS) == set(faiss_search.SEARCHES + faiss_search.FROM_SPARSE) == set(sparse.OPS)
     for constructor, propagation in ops.PAIRS:
         assert set(ops.implementations(constructor)) == set(ops.implementations(propagation)), (constructor, propagation)
 

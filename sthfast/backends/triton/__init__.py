@@ -14,7 +14,9 @@ import torch
 
 from ... import optional_deps
 from .. import Implementation
-from ..sparse import OPS as SPARSE_OPS
+
+# sparse's structure builders and propagations, over Triton's search and sparse-product kernels
+RUNS = ("topk_neighbors", "knn_hypergraph", "adaptive_graph", "static_graph", "hypergraph_mixprop", "graph_mixprop")
 
 
 def auto_on(device: torch.device) -> bool:
@@ -34,5 +36,4 @@ def _deferred(op: str) -> Callable:
     return run
 
 
-IMPLEMENTATIONS = tuple(Implementation(op, "triton", _deferred(op), auto_on=auto_on, runs_on=runs_on)
-                        for op in SPARSE_OPS)
+IMPLEMENTATIONS = tuple(Implementation(op, "triton", _deferred(op), auto_on=auto_on, runs_on=runs_on) for op in RUNS)
