@@ -27,7 +27,7 @@ import authors_approach
 import peers
 from sthfast import STHSepNet, STHSepNetConfig, optional_deps, ops
 from sthfast.backends import extension
-from sthfast.testing import embeddings, features
+from sthfast.testing import embeddings, features, series
 
 QUICK = os.environ.get("STHFAST_BENCH_QUICK") == "1"
 SIZES = (64,) if QUICK else (207, 358, 883, 8600)
@@ -45,7 +45,7 @@ def op_case(op: str, backend: str, n: int, dtype: str):
     """A no-argument call of ``op`` at ``n`` nodes (importable: ``call_peak_mib`` rebuilds it)."""
     dt = DTYPES[dtype]
     if op == "pool_patch":
-        x = torch.randn(BATCH, T, n, 1, requires_grad=True)
+        x = series(BATCH, T, n, 1, torch.float32, seed=n, grad=True)
         return lambda: ops.pool_patch(x, 4, 2, backend=backend)[0].sum().backward()
     z = embeddings(n, D, seed=n)
     if op == "topk_neighbors":

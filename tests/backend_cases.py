@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sthfast import ops
+from sthfast import ops, optional_deps
 from sthfast.backends import extension
 
 DEVICES = ("cpu", "cuda")
@@ -26,7 +26,13 @@ def _why_not(op: str, backend: str, device: str) -> str | None:
         return "needs a CUDA device"
     if ops.implementations(op)[backend].runs(torch.device(device)):
         return None
-    return f"{backend} cannot run {op} on {device} here (see `sthfast info`)"
+    return {("triton", "cpu"): "Triton runs on the CPU only under TRITON_INTERPRET=1, which conftest.py sets only without a GPU",
+            ("triton", "cuda"): f"needs Triton: {optional_deps.probe('triton').detail}",
+            ("faiss", "cpu"): f"needs FAISS: {optional_deps.probe('faiss').detail}",
+            ("faiss", "cuda"): "needs a GPU build of FAISS (pip install 'sthfast[faiss-gpu]')",
+            ("cpp", "cpu"): f"the C++ extension is not built: {extension.load()}",
+            ("cuda", "cuda"): "the extension was built without its CUDA kernels",
+            }.get((backend, device), f"{backend} cannot run {op} on {device} here (see `sthfast info`)")
 
 
 def fast_paths(op: str, devices: tuple[str, ...] = DEVICES, exclude: tuple[str, ...] = ()) -> list:

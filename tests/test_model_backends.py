@@ -30,9 +30,10 @@ def los_windows():
 @pytest.mark.parametrize("backend,device", MODEL_PATHS)
 @pytest.mark.parametrize("graph,hypergraph", [("adaptive", "adaptive"), ("static", "dynamic"),
                                               ("none", "binary")])
-def test_model_equals_the_reference_model(small_config, los_windows, backend, device, graph, hypergraph):
+def test_model_equals_the_reference_model(small_config, los_windows, monkeypatch, backend, device, graph, hypergraph):
     if interpreted(backend, device):
         pytest.skip("the whole model at N = 207 takes minutes in Triton's interpreter: compiled on CUDA only")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)     # CUDA convolutions in full float32
     x, adjacency = los_windows
     results = {}
     for name, dev in ((backend, device), ("reference", "cpu")):
@@ -43,7 +44,8 @@ def test_model_equals_the_reference_model(small_config, los_windows, backend, de
         weighted_sum(y).backward()
         results[name] = (y.detach().cpu(), {n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None})
     (y_ref, g_ref), (y_fast, g_fast) = results["reference"], results[backend]
-    torch.testing.assert_close(y_fast, y_ref, rtol=1e-4, atol=1e-5)
+    atol = 1e-4 if device == "cuda" else 1e-5                        # CUDA: other summation orders
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-4, atol=atol)
     assert g_fast.keys() == g_ref.keys()
     for name in g_ref:
-        torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-3, atol=atol, msg=name)

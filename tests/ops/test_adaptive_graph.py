@@ -12,8 +12,6 @@ from sthfast.testing import points, weighted_sum
 
 from backend_cases import fast_paths, tolerance
 
-D = torch.float64
-
 
 def test_reference_by_hand():
     m1, m2 = points(6, 3, seed=8), points(6, 3, seed=9)

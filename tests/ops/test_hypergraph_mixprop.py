@@ -19,25 +19,11 @@ from sthfast import ops, reference
 from sthfast.backends import extension, sparse
 from sthfast.backends.sparse import structure
 from sthfast.backends.sparse.mixprop import HYPERGRAPH_HOPS
-from sthfast.testing import features, points, weighted_sum
+from sthfast.testing import HYPERGRAPH_CASES, features, mixprop_outputs_and_grads, points
 
 from backend_cases import fast_paths, interpreted, needs_cpp, runnable, tolerance
 
 D = torch.float64
-
-
-def outputs_and_grads(backend, z, x, k=3, depth=2, beta=0.05, binary=False, device="cpu",
-                      structure_backend=None):
-    """``[y, dL/dx, dL/dz]`` (on the CPU) of ``backend``'s MixProp over the k-NN hypergraph of
-    ``z`` (built by ``structure_backend``, default ``backend``), for the loss ``weighted_sum(y)``;
-    ``dL/dz`` is None for a binary hypergraph."""
-    z = z.detach().to(device).requires_grad_(not binary)
-    x = x.detach().to(device).requires_grad_()
-    h = ops.knn_hypergraph(z, k, binary=binary, temperature=0.7, backend=structure_backend or backend)
-    y = ops.hypergraph_mixprop(x, h, depth, beta, backend=backend)
-    grads = torch.autograd.grad(weighted_sum(y), (x, z) if not binary else (x,), allow_unused=True,
-                                materialize_grads=True)                    # depth 0: z is unused
-    return [t.detach().cpu() for t in (y, *grads)] + ([None] if binary else [])
 
 
 # --------------------------------------------------------------------------- the reference
@@ -92,11 +78,7 @@ def test_reference_gradcheck():
 # --------------------------------------------------------------------------- fast paths
 
 
-CASES = {  # n, k, batch, binary, duplicates
-    "shared": (19, 3, None, False, 0), "dynamic": (19, 3, 2, False, 0), "binary": (19, 3, None, True, 0),
-    "duplicates": (19, 3, None, False, 9), "k_equals_n": (7, 7, None, False, 0), "one_node": (1, 1, None, False, 0),
-    "300_nodes": (300, 3, None, False, 0), "300_nodes_dynamic": (300, 3, 3, False, 0),
-}
+CASES = {**HYPERGRAPH_CASES, "300_nodes": (300, 3, None, False, 0), "300_nodes_dynamic": (300, 3, 3, False, 0)}
 
 
 @pytest.mark.parametrize("backend,device", fast_paths("hypergraph_mixprop"))
@@ -108,12 +90,11 @@ def test_fast_paths_equal_reference(backend, device, dtype, case):
         pytest.skip("300 nodes take minutes in Triton's interpreter: compiled on CUDA only")
     z = points(n, 5 if n < 100 else 16, dtype, seed=n + k, duplicates=dup, batch=batch)
     x = features(batch or 2, 3, n, 4, dtype, seed=5)
-    fast = outputs_and_grads(backend, z, x, k, binary=binary, device=device)
-    for got, want in zip(fast, outputs_and_grads("reference", z, x, k, binary=binary)):
-        if want is None:
-            assert got is None
-        else:
-            torch.testing.assert_close(got, want, **tolerance(dtype, device))
+    fast = mixprop_outputs_and_grads(backend, z, x, k, binary=binary, device=device)
+    want = mixprop_outputs_and_grads("reference", z, x, k, binary=binary)
+    assert len(fast) == len(want) == (2 if binary else 3)
+    for got, expected in zip(fast, want):
+        torch.testing.assert_close(got, expected, **tolerance(dtype, device))
 
 
 @pytest.mark.parametrize("backend,device", fast_paths("hypergraph_mixprop"))
@@ -141,10 +122,10 @@ def test_half_precision_runs_and_matches_the_reference(backend, device, dtype):
     """Half inputs: propagation close to float32, and finite gradients even where hyperedges merge
     (degree-0 columns)."""
     z = points(12, 40, torch.float32, seed=2, duplicates=4).to(dtype)
-    x = features(2, 3, 12, 4, dtype)
+    x = features(2, 3, 12, 4, dtype, seed=1)
     for k in (2, 3):
-        y, gx, gz = outputs_and_grads(backend, z, x, k, device=device)
-        y32, gx32, _ = outputs_and_grads("reference", z.float(), x.float(), k)
+        y, gx, gz = mixprop_outputs_and_grads(backend, z, x, k, device=device)
+        y32, gx32, _ = mixprop_outputs_and_grads("reference", z.float(), x.float(), k)
         assert y.dtype == dtype and torch.isfinite(gz).all() and torch.isfinite(gx).all()
         torch.testing.assert_close(y.float(), y32, rtol=0.05, atol=0.05)
         torch.testing.assert_close(gx.float(), gx32, rtol=0.05, atol=0.05)
@@ -231,41 +212,41 @@ def test_the_sparse_product_with_features_wider_than_one_block(backend, device):
 ])
 @pytest.mark.parametrize("depth", [0, 1, 4])
 def test_fused_tiling_and_depth_equal_the_sparse_backend(b, c, n, t, depth):
-    z, x = points(n, 5), features(b, c, n, t)
+    z, x = points(n, 5), features(b, c, n, t, seed=1)
     k = min(3, n)
-    for got, want in zip(outputs_and_grads("cpp", z, x, k, depth, structure_backend="sparse"),
-                         outputs_and_grads("sparse", z, x, k, depth)):
+    for got, want in zip(mixprop_outputs_and_grads("cpp", z, x, k, depth, structure_backend="sparse"),
+                         mixprop_outputs_and_grads("sparse", z, x, k, depth)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 @needs_cpp
 def test_fused_block_diagonal_structure_equals_the_sparse_backend():
-    z, x = points(10, 5, batch=3), features(3, 4, 10, 6)
-    for got, want in zip(outputs_and_grads("cpp", z, x, structure_backend="sparse"), outputs_and_grads("sparse", z, x)):
+    z, x = points(10, 5, batch=3), features(3, 4, 10, 6, seed=1)
+    for got, want in zip(mixprop_outputs_and_grads("cpp", z, x, structure_backend="sparse"),
+                         mixprop_outputs_and_grads("sparse", z, x)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 @needs_cpp
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to compare with one")
 def test_fused_thread_count_changes_only_the_summation_order():
-    z, x = points(30, 5, torch.float32), features(4, 6, 30, 5, torch.float32)
+    z, x = points(30, 5, torch.float32), features(4, 6, 30, 5, torch.float32, seed=1)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = outputs_and_grads("cpp", z, x, structure_backend="sparse")
+        one = mixprop_outputs_and_grads("cpp", z, x, structure_backend="sparse")
     finally:
         torch.set_num_threads(threads)
-    for got, want in zip(outputs_and_grads("cpp", z, x, structure_backend="sparse"), one):
+    for got, want in zip(mixprop_outputs_and_grads("cpp", z, x, structure_backend="sparse"), one):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 BASELINE_SCRIPT = """
 import torch
 from sthfast.backends import extension
-from sthfast.testing import features, points
-from test_hypergraph_mixprop import outputs_and_grads
-z, x = points(17, 5, torch.float32), features(2, 13, 17, 12, torch.float32)
-got, want = outputs_and_grads("cpp", z, x, structure_backend="sparse"), outputs_and_grads("sparse", z, x)
+from sthfast.testing import features, mixprop_outputs_and_grads as run, points
+z, x = points(17, 5, torch.float32), features(2, 13, 17, 12, torch.float32, seed=1)
+got, want = run("cpp", z, x, structure_backend="sparse"), run("sparse", z, x)
 print(extension.mixprop_isa(), max(float((a - b).abs().max()) for a, b in zip(got, want)))
 """
 
@@ -274,19 +255,17 @@ print(extension.mixprop_isa(), max(float((a - b).abs().max()) for a, b in zip(go
 @pytest.mark.skipif(extension.mixprop_isa() != "avx2", reason="only the baseline copy is compiled here")
 def test_fused_baseline_copy_agrees_too():
     """STHFAST_CPU_BASELINE=1 runs the copy compiled for plain x86-64 (what CPUs without AVX2 get)."""
-    here = os.pathsep.join(filter(None, (os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__)),
-                                         os.environ.get("PYTHONPATH"))))
     done = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "STHFAST_CPU_BASELINE": "1", "PYTHONPATH": here})
+                          env={**os.environ, "STHFAST_CPU_BASELINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     isa, error = done.stdout.split()
     assert isa == "baseline" and float(error) < 1e-5
 
 
-def small_structure(dtype=D):
+def small_structure():
     g = torch.Generator().manual_seed(0)
     idx = torch.stack([torch.randperm(6, generator=g)[:3] for _ in range(6)])   # 6 x 6, 3 per row
-    return structure.from_ell(idx, torch.rand(6, 3, generator=g, dtype=dtype), 6), g
+    return structure.from_ell(idx, torch.rand(6, 3, generator=g, dtype=D), 6), g
 
 
 @needs_cpp
@@ -310,7 +289,7 @@ def test_fused_second_derivatives_through_x_equal_the_reference():
     """create_graph: the backward is the step-by-step twin's, so higher derivatives in x exist
     (the compiled backward alone would give none). Through the membership weights the sparse
     products have no second derivative: an error on both paths, not zeros."""
-    z, x = points(20, 5).requires_grad_(), features(2, 3, 20, 4, grad=True)
+    z, x = points(20, 5).requires_grad_(), features(2, 3, 20, 4, seed=1, grad=True)
     hessians = {}
     for backend in ("cpp", "reference"):
         h = ops.knn_hypergraph(z.detach(), 3, backend="sparse" if backend == "cpp" else backend)

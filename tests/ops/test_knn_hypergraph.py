@@ -10,7 +10,7 @@ import torch
 from torch.autograd import gradcheck
 
 from sthfast import ops, optional_deps, reference
-from sthfast.testing import dense_incidence, embeddings, features, points, weighted_sum
+from sthfast.testing import HYPERGRAPH_CASES, dense_incidence, embeddings, features, points, weighted_sum
 
 from backend_cases import fast_paths, runnable, tolerance
 
@@ -86,28 +86,21 @@ def test_reference_gradcheck(batched):
 # --------------------------------------------------------------------------- fast paths
 
 
-CASES = {  # n, k, batch, binary, duplicates
-    "shared": (19, 3, None, False, 0), "dynamic": (19, 3, 2, False, 0), "binary": (19, 3, None, True, 0),
-    "duplicates": (19, 3, None, False, 9), "k_equals_n": (7, 7, None, False, 0), "one_node": (1, 1, None, False, 0),
-}
-
-
 @pytest.mark.parametrize("backend,device", fast_paths("knn_hypergraph"))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(HYPERGRAPH_CASES))
 def test_incidence_and_gradient_equal_reference(backend, device, dtype, case):
-    n, k, batch, binary, dup = CASES[case]
+    n, k, batch, binary, dup = HYPERGRAPH_CASES[case]
     z0 = points(n, 5, dtype, seed=n + k, duplicates=dup, batch=batch)
     results = {}
     for name, dev in ((backend, device), ("reference", "cpu")):
-        z = z0.to(dev).requires_grad_(not binary)
+        z = z0.to(dev).requires_grad_(not binary)              # binary incidences have no gradient
         h = ops.knn_hypergraph(z, k, binary=binary, temperature=0.7, backend=name)
         h = h if name == "reference" else dense_incidence(h)
-        grad = torch.autograd.grad(weighted_sum(h), z)[0].cpu() if not binary else None
-        results[name] = (h.detach().cpu(), grad)
-    for got, want in zip(results[backend], results["reference"]):
-        if want is not None:
-            torch.testing.assert_close(got, want, **tolerance(dtype, device))
+        grads = [] if binary else [torch.autograd.grad(weighted_sum(h), z)[0].cpu()]
+        results[name] = [h.detach().cpu(), *grads]
+    for got, want in zip(results[backend], results["reference"], strict=True):
+        torch.testing.assert_close(got, want, **tolerance(dtype, device))
 
 
 @pytest.mark.parametrize("backend,device", fast_paths("knn_hypergraph"))
