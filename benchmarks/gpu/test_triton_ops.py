@@ -1,4 +1,4 @@
-"""On a CUDA device: the hypergraph stages, ``triton`` vs ``sparse`` (torch CUDA ops) vs ``reference``
+"""On a CUDA device: the hypergraph ops, ``triton`` vs ``sparse`` (torch CUDA ops) vs ``reference``
 (dense, where it fits), at N = 8,600, 100,000 and 1,000,000 (d = 40, k = 3, F = 32 x 12, B = 1); and
 the extension's CUDA pool + patch vs the reference.
 One call on a lent GPU runs all of it; skipped with a reason elsewhere:
@@ -11,22 +11,24 @@ import pytest
 import torch
 
 from sthfast import optional_deps, ops
+from sthfast.testing import embeddings
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and optional_deps.probe("triton").ok),
                                 reason="needs a CUDA device and Triton")
 
 D, K, C, T, DEPTH, BETA = 40, 3, 32, 12, 2, 0.05
 LIMITS = {"reference": 8_600, "sparse": 100_000, "triton": 1_000_000}  # largest N each runs at
+BOTH = "knn_hypergraph + hypergraph_mixprop, backward"
 
 
 def stage_fn(op, backend, n):
-    g = torch.Generator(device="cuda").manual_seed(n)
-    z = torch.tanh(torch.randn(n, D, generator=g, device="cuda"))
-    x = torch.randn(1, C, n, T, generator=g, device="cuda")
-    if op == "construction":
+    z = embeddings(n, D, seed=n).cuda()
+    # 384 million numbers at N = 1,000,000: drawn on the device
+    x = torch.randn(1, C, n, T, generator=torch.Generator(device="cuda").manual_seed(n + 1), device="cuda")
+    if op == "knn_hypergraph":
         return lambda: ops.knn_hypergraph(z, K, backend=backend)
     h = ops.knn_hypergraph(z, K, backend=backend)
-    if op == "propagation":
+    if op == "hypergraph_mixprop":
         return lambda: ops.hypergraph_mixprop(x, h, DEPTH, BETA, backend=backend)
     zz, xx = z.clone().requires_grad_(), x.clone().requires_grad_()
 
@@ -36,15 +38,9 @@ def stage_fn(op, backend, n):
     return train
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("n", [8_600, 100_000, 1_000_000])
-@pytest.mark.parametrize("backend", ["reference", "sparse", "triton"])
-@pytest.mark.parametrize("op", ["construction", "propagation", "construction_propagation_backward"])
-def test_gpu_stage(benchmark, op, backend, n):
-    if n > LIMITS[backend] or (backend == "reference" and op != "propagation"):
-        pytest.skip(f"{backend} is not timed at N = {n:,} for {op}")
-    fn = stage_fn(op, backend, n)
-
+def time_on_gpu(benchmark, fn, rounds: int, **info) -> None:
+    """Median of ``rounds`` synchronised calls of ``fn`` after a warm-up, with the peak GPU memory
+    of one call and ``info`` in ``extra_info``."""
     def synced():
         fn()
         torch.cuda.synchronize()
@@ -53,9 +49,18 @@ def test_gpu_stage(benchmark, op, backend, n):
     torch.cuda.reset_peak_memory_stats()
     synced()
     peak = torch.cuda.max_memory_allocated() / 2**20
-    benchmark.pedantic(synced, rounds=5, warmup_rounds=1)
-    benchmark.extra_info.update(op=op, backend=backend, n=n, peak_gpu_mib=round(peak, 1),
-                                device=torch.cuda.get_device_name(0))
+    benchmark.pedantic(synced, rounds=rounds, warmup_rounds=1)
+    benchmark.extra_info.update(**info, peak_gpu_mib=round(peak, 1), device=torch.cuda.get_device_name(0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [8_600, 100_000, 1_000_000])
+@pytest.mark.parametrize("backend", ["reference", "sparse", "triton"])
+@pytest.mark.parametrize("op", ["knn_hypergraph", "hypergraph_mixprop", BOTH])
+def test_gpu_stage(benchmark, op, backend, n):
+    if n > LIMITS[backend] or (backend == "reference" and op != "hypergraph_mixprop"):
+        pytest.skip(f"{backend} is not timed at N = {n:,} for {op}")
+    time_on_gpu(benchmark, stage_fn(op, backend, n), 5, op=op, backend=backend, n=n)
 
 
 @pytest.mark.gpu
@@ -71,12 +76,5 @@ def test_gpu_pool_patch(benchmark, backend, n):
     def step():
         patches, mean, std = ops.pool_patch(x, 16, 8, backend=backend)
         (patches.sum() + mean.sum() + std.sum()).backward()
-        torch.cuda.synchronize()
 
-    step()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    benchmark.pedantic(step, rounds=10, warmup_rounds=1)
-    benchmark.extra_info.update(op="pool_patch fwd+bwd (B=32, T=48)", backend=backend, n=n,
-                                peak_gpu_mib=round(peak, 1), device=torch.cuda.get_device_name(0))
+    time_on_gpu(benchmark, step, 10, op="pool_patch fwd+bwd (B=32, T=48)", backend=backend, n=n)
