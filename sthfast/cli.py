@@ -161,6 +161,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in values.items()
                      if k in {f.name for f in dataclasses.fields(STHSepNetConfig)}}
         summary = training.train(tc, **overrides)
+        if summary is None:                    # a rank > 0 of a DDP run: rank 0 reports
+            return 0
         print(f"\ntest metrics ({summary['protocol']} protocol, {summary['seq_len']} -> "
               f"{summary['pred_len']}, best epoch {summary['best_epoch']}), run folder {tc.out}:")
         print(training.format_table(summary["test"]))

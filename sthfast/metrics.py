@@ -22,6 +22,8 @@ class ForecastMetrics:
     """MAE, RMSE and MAPE (%) of forecasts ``[B, H, N]`` on the original scale, per horizon step and
     over all steps, over every valid entry seen by :meth:`update`."""
 
+    SUMS = ("abs", "sq", "ape", "count", "ape_count")
+
     def __init__(self, pred_len: int, zeros_missing: bool = False):
         self.zeros_missing = zeros_missing
         shape = (pred_len,)
@@ -39,6 +41,16 @@ class ForecastMetrics:
         safe = torch.where(ape_valid, truth, torch.ones_like(truth))
         self.ape += torch.where(ape_valid, (err / safe).abs(), torch.zeros_like(err)).sum(dim=(0, 2))
         self.ape_count += ape_valid.sum(dim=(0, 2))
+
+    def sums(self) -> Tensor:
+        """What :meth:`update` accumulated, ``[5, H]`` float64 (absolute, squared and percentage
+        errors, and the two counts): the parts of a split evaluated apart add up to the whole's."""
+        return torch.stack([getattr(self, name) for name in self.SUMS])
+
+    def set_sums(self, sums: Tensor) -> None:
+        """Replace the accumulated sums by ``sums [5, H]`` (e.g. those of every part of a split)."""
+        for name, row in zip(self.SUMS, sums.double().cpu()):
+            setattr(self, name, row.clone())
 
     @staticmethod
     def _summary(abs_, sq, ape, count, ape_count) -> dict[str, float]:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import optional_deps
 from . import checkpoint as ckpt
+from . import distributed, optional_deps
 from .baselines import fit_baselines
 from .config import STHSepNetConfig, help_field
 from .data import load_adjacency, load_series, prepare, unseen_nodes
@@ -72,9 +72,9 @@ class TrainConfig:
     zeros_missing: bool | None = help_field(None, "Treat exact zeros as missing readings (masked in loss and metrics); default: the protocol's (standard: yes, paper: no).")
     split: str = help_field("0.7,0.1,0.2", "Chronological train,val,test fractions.")
     epochs: int = help_field(30, "Maximum training epochs.")
-    batch_size: int = help_field(32, "Training batch size.")
-    eval_batch_size: int = help_field(64, "Evaluation batch size.")
-    max_batches: int | None = help_field(None, "Stop each training epoch after this many batches (quick runs); default: the whole training split.")
+    batch_size: int = help_field(32, "Training batch size: the global batch; under torchrun each of the P processes takes batch_size / P of it (P must divide it).")
+    eval_batch_size: int = help_field(64, "Evaluation batch size (per process under torchrun).")
+    max_batches: int | None = help_field(None, "Stop each training epoch after this many (global) batches (quick runs); default: the whole training split.")
     loss: str = help_field("mae", "Training loss over the valid targets: 'mae' (masked MAE, as BasicTS; won on most validation splits, ACCURACY.md), 'mse' (the authors') or 'huber' (between the two).", choices=LOSSES)
     huber_delta: float = help_field(1.0, "Where the Huber loss turns from squared to absolute, in scaled units (standard deviations of the training split).")
     lr: float = help_field(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
@@ -84,7 +84,9 @@ class TrainConfig:
     clip: float = help_field(5.0, "Gradient-norm clipping threshold (0 disables).")
     patience: int = help_field(10, "Early stopping: epochs without a better validation MAE before stopping.")
     seed: int = help_field(2021, "Random seed (weights, data order, dropout).")
-    device: str = help_field("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = help_field("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'; under torchrun each process takes cuda:LOCAL_RANK.")
+    dist_backend: str = help_field("auto", "Under torchrun: the process group's backend, 'auto' (NCCL between CUDA devices, gloo between CPUs), 'gloo' or 'nccl'.", choices=distributed.BACKENDS)
+    dist_timeout: float = help_field(600.0, "Under torchrun: seconds a process waits for the others in a collective before it fails (a stuck process stops the job instead of hanging it).")
     bf16: bool | None = help_field(None, "bfloat16 autocast of the training forward; default on for CPUs with bfloat16 matrix instructions from seq_len 48 (README, Speed).")
     compile: bool = help_field(False, "torch.compile the model for the training steps (inductor: the first step compiles, about a minute on 2 CPU cores; evaluation runs eagerly).")
     threads: int | None = help_field(None, "CPU threads for torch (default: torch's choice).")
@@ -106,6 +108,10 @@ class TrainConfig:
             raise ValueError(f"protocol={self.protocol!r} is not one of {list(PROTOCOLS)}")
         if not self.lr > 0 or self.clip < 0 or self.patience < 1:
             raise ValueError(f"lr={self.lr}, clip={self.clip}, patience={self.patience} out of range")
+        if self.dist_backend not in distributed.BACKENDS:
+            raise ValueError(f"dist_backend={self.dist_backend!r} is not one of {list(distributed.BACKENDS)}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout={self.dist_timeout} must be > 0")
         if self.adjacency_weighting not in WEIGHTINGS:
             raise ValueError(f"adjacency_weighting={self.adjacency_weighting!r} is not one of {list(WEIGHTINGS)}")
         if self.steps_per_day is not None and self.steps_per_day < 1:
@@ -147,7 +153,8 @@ class TrainConfig:
 
 
 # TrainConfig fields that may change between a run and its --resume (they do not change the result).
-RESUMABLE = ("epochs", "out", "resume", "device", "threads", "plots", "eval_batch_size", "compile")
+RESUMABLE = ("epochs", "out", "resume", "device", "threads", "plots", "eval_batch_size", "compile", "dist_backend",
+             "dist_timeout")
 
 
 def _numbers(text: str, kind, name: str) -> list:
@@ -178,15 +185,17 @@ def use_bf16(tc: TrainConfig, config: STHSepNetConfig, device: torch.device) -> 
 
 
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str = "mse",
-                delta: float = 1.0) -> torch.Tensor:
+                delta: float = 1.0, denominator: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared (``kind='mse'``), absolute (``'mae'``) or Huber (``'huber'``: squared / 2 below
-    ``delta``, absolute above) error over the valid entries only (missing targets carry no loss)."""
+    ``delta``, absolute above) error over the valid entries only (missing targets carry no loss):
+    the error sum over ``denominator``, by default the number of valid entries (under DDP
+    :meth:`~sthfast.distributed.Ranks.loss_denominator`)."""
     diff = torch.where(valid, pred - torch.nan_to_num(target), torch.zeros_like(pred))
     if kind == "huber":
         error = F.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=delta)
     else:
         error = diff.square() if kind == "mse" else diff.abs()
-    return error.sum() / valid.sum().clamp_min(1)
+    return error.sum() / (valid.sum().clamp_min(1) if denominator is None else denominator)
 
 
 def read_series(tc: TrainConfig, data: str | None = None) -> SensorSeries:
@@ -294,18 +303,22 @@ def fill_gaps_with_profile(scaled: torch.Tensor, series: SensorSeries, model: ST
 @torch.no_grad()
 def evaluate_windows(model: STHSepNet, dataset: WindowDataset, data: SplitData, zeros_missing: bool,
                      batch_size: int, device: torch.device, baselines: dict | None = None,
-                     keep_predictions: bool = False) -> dict[str, Any]:
-    """Run the model (and the baselines) over every window of ``dataset``.
+                     keep_predictions: bool = False,
+                     ranks: distributed.Ranks | None = None) -> dict[str, Any]:
+    """Run the model (and the baselines) over every window of ``dataset``; with ``ranks`` of a DDP
+    run, each rank over its part of the windows, the metrics' sums then added up over the ranks
+    (every rank gets the whole split's metrics; ``predictions`` holds this rank's part only).
 
     Returns ``{"metrics": {name: ForecastMetrics}, "predictions": [W, H, N] or None}``.
     """
+    ranks = ranks or distributed.Ranks()
     model.eval()
     mean, std = data.target_scale()
     pred_len = dataset.pred_len
     names = ["model"] + list(baselines or {})
     metrics = {name: ForecastMetrics(pred_len, zeros_missing) for name in names}
     kept = []
-    for idx in torch.arange(len(dataset)).split(batch_size):
+    for idx in ranks.part(torch.arange(len(dataset))).split(batch_size):
         x, y, starts = dataset.batch(idx)
         pred = model(x.to(device)).float().cpu() * std + mean              # [B, H, N] original scale
         metrics["model"].update(pred, y)
@@ -313,6 +326,9 @@ def evaluate_windows(model: STHSepNet, dataset: WindowDataset, data: SplitData, 
             metrics[name].update(baseline(x, starts, pred_len), y)
         if keep_predictions:
             kept.append(pred)
+    if ranks.active:
+        for m in metrics.values():
+            m.set_sums(ranks.sum(m.sums()))
     return {"metrics": metrics, "predictions": torch.cat(kept) if kept else None}
 
 
@@ -339,22 +355,24 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _run_meta(data: SplitData, tc: TrainConfig, config: STHSepNetConfig, kept: np.ndarray | None,
-              data_nodes: int) -> dict[str, Any]:
+              data_nodes: int, world_size: int) -> dict[str, Any]:
     """What every checkpoint of a run records besides its epoch (computed once per run); ``nodes``:
     the nodes of the data's ``data_nodes`` that the model forecasts (None: all; else those
-    --drop-dead-nodes kept); whether the calendar channels came from timestamps."""
+    --drop-dead-nodes kept); whether the calendar channels came from timestamps; the number of
+    processes that trained it (its checkpoints load in any number)."""
     return {"scaler": data.scaler.to_dict(), "data_fingerprint": data.series.fingerprint(),
             "nodes": None if kept is None else kept.tolist(), "data_nodes": data_nodes,
             "calendar_from_timestamps": data.series.timestamps is not None,
             "data_source": data.series.source, "target_feature": data.target_feature,
-            "train_config": tc.to_dict(),
+            "train_config": tc.to_dict(), "world_size": world_size,
             "backbone_fingerprint": backbone_fingerprint(config.backbone) if config.uses_llm else None}
 
 
 @dataclass
 class TrainingRun:
     """One run of :func:`train` between its steps: the settings, the data, the model and its
-    optimiser, where checkpoints go, and ``progress`` (epochs done, best validation MAE, history)."""
+    optimiser, where checkpoints go, ``progress`` (epochs done, best validation MAE, history), and
+    this process among the ranks of a DDP run (``ranks.device`` is ``device``)."""
 
     tc: TrainConfig
     config: STHSepNetConfig
@@ -366,6 +384,7 @@ class TrainingRun:
     progress: dict[str, Any]
     device: torch.device
     bf16: bool
+    ranks: distributed.Ranks
 
     @property
     def out(self) -> Path:
@@ -380,23 +399,42 @@ class TrainingRun:
         return self.out / "checkpoint" / "best"
 
 
-def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any]:
+def train(tc: TrainConfig, **model_overrides: Any) -> dict[str, Any] | None:
     """Train, keep the best model by validation MAE, evaluate it on the test split beside the
-    baselines, and write the run folder. Returns the test report (as in ``metrics.json``)."""
-    run = set_up(tc, model_overrides)
-    forward = torch.compile(run.model) if run.tc.compile else run.model          # the same parameters
-    for epoch in range(run.progress["epoch"], run.tc.epochs):
-        if run.progress["bad_epochs"] >= run.tc.patience:
-            break
-        record = train_epoch(run, forward, epoch)
-        end_epoch(run, epoch, record)
-    return final_test(run)
+    baselines, and write the run folder. Returns the test report (as in ``metrics.json``).
+
+    Started by torchrun with P > 1 processes (:mod:`sthfast.distributed`), each process trains on
+    its shard of every global batch under DDP and validates its part of the validation split;
+    rank 0 alone writes the run folder and, once every rank has left the process group, evaluates
+    the test split on its own; the other ranks return None."""
+    ranks = distributed.start(resolve_device(tc.device), tc.dist_backend, tc.dist_timeout, tc.batch_size)
+    try:
+        with ranks.quiet():
+            run = set_up(tc, model_overrides, ranks)
+            fit(run)
+    finally:
+        ranks.close()
+    return final_test(run) if ranks.is_main else None
 
 
-def set_up(tc: TrainConfig, model_overrides: dict[str, Any]) -> TrainingRun:
-    """The run of ``tc``: its data read and split, the model built (seeded) with its seasonal
-    profile and clamp range, the optimiser, and, with ``--resume``, the state of the last
-    checkpoint."""
+def fit(run: TrainingRun) -> None:
+    """The epochs of ``run`` from its first undone one to early stopping or ``tc.epochs``, on the
+    model under DDP (one process: the model itself) and, with ``compile``, compiled."""
+    forward = run.ranks.wrap(run.model)                                          # the same parameters
+    forward = torch.compile(forward) if run.tc.compile else forward
+    try:
+        for epoch in range(run.progress["epoch"], run.tc.epochs):
+            if run.progress["bad_epochs"] >= run.tc.patience:
+                break
+            end_epoch(run, epoch, train_epoch(run, forward, epoch))
+    finally:
+        del forward               # DDP's reducer goes before the process group: Ranks.close
+
+
+def set_up(tc: TrainConfig, model_overrides: dict[str, Any], ranks: distributed.Ranks) -> TrainingRun:
+    """The run of ``tc`` in this process of ``ranks``: its data read and split, the model built
+    (seeded: the same on every rank) with its seasonal profile and clamp range, the optimiser, and,
+    with ``--resume``, the state of the last checkpoint."""
     tc = tc.with_absolute_paths()
     out = Path(tc.out)
     last_dir = out / "checkpoint" / "last"
@@ -411,17 +449,19 @@ def set_up(tc: TrainConfig, model_overrides: dict[str, Any]) -> TrainingRun:
     config, tc = model_config(series, tc, model_overrides)
     data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature,
                    time_features=tc.time_feature_list(), steps_per_day=tc.steps_per_day)
-    run_meta = _run_meta(data, tc, config, kept, data_nodes)
-    device = resolve_device(tc.device)
+    run_meta = _run_meta(data, tc, config, kept, data_nodes, ranks.world_size)
+    device = ranks.device
 
     torch.manual_seed(tc.seed)
     model = _new_model(config, data, tc)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc.milestone_epochs(), tc.lr_gamma)
+    ranks.seed_own_stream(tc.seed)
     progress = {"epoch": 0, "best_val_mae": math.inf, "bad_epochs": 0, "history": []}
     if resuming:
-        progress = _resume(last_dir, model, optimizer, scheduler, run_meta, config)
+        progress = _resume(last_dir, model, optimizer, scheduler, run_meta, config, ranks)
+    ranks.check_same("the data and the epoch to start from", (run_meta["data_fingerprint"], progress["epoch"]))
     model.to(device)
     for state in optimizer.state.values():
         for key, value in state.items():
@@ -431,7 +471,7 @@ def set_up(tc: TrainConfig, model_overrides: dict[str, Any]) -> TrainingRun:
     if bf16 and tc.bf16 is None:
         tqdm.write("training under bfloat16 autocast (a CPU with bfloat16 matrix instructions, seq_len >= "
                    f"{BF16_MIN_SEQ_LEN}); --no-bf16 trains in float32")
-    return TrainingRun(tc, config, data, run_meta, model, optimizer, scheduler, progress, device, bf16)
+    return TrainingRun(tc, config, data, run_meta, model, optimizer, scheduler, progress, device, bf16, ranks)
 
 
 def _training_series(tc: TrainConfig) -> tuple[SensorSeries, np.ndarray | None, int]:
@@ -470,9 +510,12 @@ def _new_model(config: STHSepNetConfig, data: SplitData, tc: TrainConfig) -> STH
 
 
 def train_epoch(run: TrainingRun, forward, epoch: int) -> dict[str, Any]:
-    """One pass over the training windows in the seeded order of ``epoch`` (``forward``: the model
-    or its compiled twin); returns the epoch's record without the validation figures."""
-    tc, data, device = run.tc, run.data, run.device
+    """One pass over the training windows in the seeded order of ``epoch`` (``forward``: the model,
+    under DDP and / or compiled); returns the epoch's record without the validation figures.
+
+    Under DDP the batches are those of one process, each rank taking its shard of every one (its
+    padding windows have their targets masked). The loss and samples/s are the global batch's."""
+    tc, data, device, ranks = run.tc, run.data, run.device, run.ranks
     mean, std = (t.to(device) for t in data.target_scale())
     params = [p for p in run.model.parameters() if p.requires_grad]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16)
@@ -480,34 +523,41 @@ def train_epoch(run: TrainingRun, forward, epoch: int) -> dict[str, Any]:
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
     batches = order.split(tc.batch_size)[: tc.max_batches]
     start, seen, loss_sum = time.perf_counter(), 0, 0.0
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", dynamic_ncols=True)
-    for idx in bar:
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", dynamic_ncols=True,
+               disable=not ranks.is_main)
+    for batch in bar:
+        idx, padding = ranks.shard_batch(batch)
         x, y, _ = data.train.batch(idx)
+        y[padding] = math.nan                                  # padding windows count nowhere
         x, y = x.to(device), y.to(device)
         with autocast:
             pred = forward(x)
-        loss = masked_loss(pred.float(), (y - mean) / std, valid_mask(y, tc.missing_zeros()), tc.loss,
-                           tc.huber_delta)
+        valid = valid_mask(y, tc.missing_zeros())
+        loss = masked_loss(pred.float(), (y - mean) / std, valid, tc.loss, tc.huber_delta,
+                           ranks.loss_denominator(valid))
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.clip > 0:
             torch.nn.utils.clip_grad_norm_(params, tc.clip)
         run.optimizer.step()
-        seen += len(idx)
-        loss_sum += loss.item() * len(idx)
+        seen += len(batch)
+        loss_sum += loss.item() * len(batch)
         bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
     train_seconds = time.perf_counter() - start
     run.scheduler.step()
+    loss_sum = ranks.sum(torch.tensor(loss_sum, dtype=torch.float64)).item() / ranks.world_size  # the shards'
     return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
             "lr": run.optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
             "samples_per_s": seen / train_seconds}
 
 
 def end_epoch(run: TrainingRun, epoch: int, record: dict[str, Any]) -> None:
-    """Validate, then write the epoch's checkpoints (best when validation MAE improved; last, with
-    the optimiser, scheduler and RNG state, for ``--resume``) and the log."""
-    tc, progress = run.tc, run.progress
-    val = evaluate_windows(run.model, run.data.val, run.data, tc.missing_zeros(), tc.eval_batch_size, run.device)
+    """Validate (under DDP each rank its part, every rank getting the whole split's figures), then,
+    on rank 0, write the epoch's checkpoints (best when validation MAE improved; last, with the
+    optimiser, scheduler and RNG state of every rank, for ``--resume``) and the log."""
+    tc, progress, ranks = run.tc, run.progress, run.ranks
+    val = evaluate_windows(run.model, run.data.val, run.data, tc.missing_zeros(), tc.eval_batch_size, run.device,
+                           ranks=ranks)
     val_result = val["metrics"]["model"].result()["all"]
     if not math.isfinite(val_result["mae"]):
         raise ValueError(f"validation MAE is {val_result['mae']} after epoch {epoch + 1}: training "
@@ -517,19 +567,34 @@ def end_epoch(run: TrainingRun, epoch: int, record: dict[str, Any]) -> None:
               **{k: record[k] for k in ("lr", "train_seconds", "samples_per_s")}}
     progress["history"].append(record)
     progress["epoch"] = epoch + 1
-    if val_result["mae"] < progress["best_val_mae"]:
+    improved = val_result["mae"] < progress["best_val_mae"]
+    if improved:
         progress["best_val_mae"], progress["bad_epochs"] = val_result["mae"], 0
-        ckpt.save(run.best_dir, run.model, dict(run.run_meta, epoch=epoch + 1))
     else:
         progress["bad_epochs"] += 1
+    rank_rngs = ranks.gather(_rng_state(run.device)) if ranks.active else None
+    if not ranks.is_main:
+        return
+    if improved:
+        ckpt.save(run.best_dir, run.model, dict(run.run_meta, epoch=epoch + 1))
     trainer_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                      "torch_rng": torch.get_rng_state(), "progress": progress}
     if torch.cuda.is_available():
         trainer_state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if rank_rngs is not None:
+        trainer_state["rank_rngs"] = rank_rngs
     ckpt.save(run.last_dir, run.model, dict(run.run_meta, epoch=epoch + 1), trainer_state)
     ckpt.atomic_write_text(run.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["history"]))
     tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, val MAE {record['val_mae']:.3f}, "
                f"{record['samples_per_s']:.1f} samples/s")
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process' random state: the CPU generator's and, on CUDA, its device's."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def final_test(run: TrainingRun) -> dict[str, Any]:
@@ -543,7 +608,8 @@ def final_test(run: TrainingRun) -> dict[str, Any]:
     result = report(test["metrics"], PROTOCOLS[tc.protocol]["horizons"])
     summary = {"protocol": tc.protocol, "data": data.series.source, "num_nodes": config.num_nodes,
                "seq_len": config.seq_len, "pred_len": config.pred_len, "zeros_missing": tc.missing_zeros(),
-               "bf16": run.bf16, "best_epoch": _best_epoch(run.progress), "epochs_run": run.progress["epoch"],
+               "bf16": run.bf16, "world_size": run.ranks.world_size, "best_epoch": _best_epoch(run.progress),
+               "epochs_run": run.progress["epoch"],
                "test": result, "history": run.progress["history"], "parameters": model.parameter_counts()}
     ckpt.atomic_write_text(run.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     ckpt.atomic_write_text(run.out / "config.json", config.to_json() + "\n")
@@ -559,7 +625,8 @@ def _best_epoch(progress: dict) -> int:
     return min(history, key=lambda r: r["val_mae"])["epoch"] if history else 0
 
 
-def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config: STHSepNetConfig) -> dict:
+def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config: STHSepNetConfig,
+            ranks: distributed.Ranks) -> dict:
     meta = ckpt.read_meta(last_dir)
     saved_config = {**STHSepNetConfig().to_dict(), **meta["config"]}    # fields newer than the run: defaults
     if saved_config != config.to_dict():
@@ -579,10 +646,24 @@ def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config:
     state = ckpt.load_trainer_state(last_dir, meta)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    _restore_rng(state, ranks, saved["seed"])
+    return state["progress"]
+
+
+def _restore_rng(state: dict, ranks: distributed.Ranks, seed: int) -> None:
+    """This process' random state from a checkpoint's trainer state: its rank's when as many ranks
+    wrote it (an exact resume); else rank 0's, ranks > 0 then drawing from streams of their own."""
+    saved = state.get("rank_rngs") or []
+    if ranks.active and len(saved) == ranks.world_size:
+        own = saved[ranks.rank]
+        torch.set_rng_state(own["torch_rng"])
+        if "cuda_rng" in own and ranks.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda_rng"], ranks.device)
+        return
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return state["progress"]
+    ranks.seed_own_stream(seed, state["progress"]["epoch"])
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
