@@ -3,7 +3,8 @@ same global batch.
 
 Every case trains the same model on the same data for ``--epochs`` epochs of ``--max-batches``
 global batches in a fresh run folder, and reports the training samples/s of its last epoch from
-``log.jsonl`` (the first epoch holds the warm-up; validation and test are not timed). On the CPU
+``log.jsonl`` (the first epoch holds the warm-up; validation and test are not timed): the median
+of ``--repeats`` rounds that interleave the process counts. On the CPU
 every case gets the same cores in all (``--threads`` = cores / P per process, gloo); on CUDA each
 process gets one GPU (NCCL). Writes a JSON file and prints a table::
 
@@ -18,7 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import datetime
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from accuracy_campaign import commit, cpu_name
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +43,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="the global batch (P must divide it)")
     parser.add_argument("--max-batches", type=int, default=30, help="global batches per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per case (the last one is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the P values, interleaved (medians reported)")
     parser.add_argument("--json", default="benchmarks/ddp_throughput.json", help="where the results go")
     parser.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- then more `sthfast train` flags")
     args = parser.parse_args(argv)
@@ -82,13 +87,20 @@ def run_case(args: argparse.Namespace, processes: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    cases = [run_case(args, p) for p in args.processes]
+    rounds = [[run_case(args, p) for p in args.processes] for _ in range(args.repeats)]   # interleaved
+    cases = []
+    for i, p in enumerate(args.processes):
+        runs = [r[i] for r in rounds]
+        cases.append({**runs[0], "samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
+                      "samples_per_s_runs": [r["samples_per_s"] for r in runs],
+                      "train_seconds": statistics.median(r["train_seconds"] for r in runs)})
     base = cases[0]["samples_per_s"]
     for case in cases:
         case["vs_first"] = case["samples_per_s"] / base
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
     result = {"device": args.device, "device_name": device, "cores": args.cores, "torch": torch.__version__,
-              "global_batch": args.batch_size, "batches_per_epoch": args.max_batches, "cases": cases}
+              "global_batch": args.batch_size, "batches_per_epoch": args.max_batches, "repeats": args.repeats,
+              "date": datetime.date.today().isoformat(), "commit": commit(), "cases": cases}
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'P':>3} {'threads/process':>16} {'samples/s':>10} {'vs P=' + str(cases[0]['processes']):>8}")
     for case in cases:
