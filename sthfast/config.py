@@ -1,6 +1,6 @@
 """`STHSepNetConfig`: every hyper-parameter of the model, validated and JSON-serialisable.
 
-One config object drives the model, (later) the CLI flags and the checkpoint metadata:
+One config object drives the model, the CLI flags and the checkpoint metadata:
 each field carries its help text in ``field(metadata={"help": ...})``.
 """
 
@@ -47,8 +47,8 @@ class STHSepNetConfig:
     time_of_day_channel: int | None = help_field(None, "Input feature holding the time of day as a fraction of the day (as --time-features writes it); needed by seasonal_residual and time_embedding_dim.")
     day_of_week_channel: int | None = help_field(None, "Input feature holding the weekday / 7; without it the calendar has time-of-day slots only.")
     slots_per_day: int = help_field(288, "Time-of-day slots (steps per day) of the calendar channels.")
-    seasonal_residual: bool = help_field(False, "Forecast the deviation from each node's seasonal profile (STHSepNet.set_seasonal_profile); sthfast train: 'auto', on where the data are seasonal (README).")
     time_embedding_dim: int = help_field(0, "Width d of learned time-of-day and day-of-week embeddings appended to the spatial stream's input at every step (as STID); 0: none.")
+    seasonal_residual: bool = help_field(False, "Forecast the deviation from each node's seasonal profile (STHSepNet.set_seasonal_profile); sthfast train: 'auto', on where the data are seasonal (README).")
 
     # --- temporal stream (pooled series -> patches -> LLM with LoRA) --------------------------
     patch_len: int = help_field(16, "Patch length P of the pooled series.")

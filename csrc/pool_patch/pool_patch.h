@@ -48,6 +48,23 @@ inline int64_t num_patches(int64_t steps, int64_t patch_len, int64_t stride) {
   return (steps + stride - patch_len) / stride + 1;
 }
 
+// The forward's tensors for a checked, contiguous x [B, T, N, F]: the pooling coefficients
+// (undefined without weights: the kernels then take a plain mean), series [B, F, T] and patches
+// [B, F, L, P] for the kernels to write, mean 0 and std 1 (what stays without normalisation).
+struct ForwardBuffers {
+  at::Tensor coef, series, mean, std, patches;
+  PoolPatchOutputs outputs() const { return {patches, mean, std, series}; }
+};
+
+inline ForwardBuffers forward_buffers(const at::Tensor& x, int64_t patch_len, int64_t stride,
+                                      const std::optional<at::Tensor>& weight) {
+  const int64_t B = x.size(0), T = x.size(1), N = x.size(2), F = x.size(3);
+  const auto options = x.options();
+  return {weight.has_value() ? pooling_coefficients(*weight, B, N, x.scalar_type()) : at::Tensor(),
+          at::empty({B, F, T}, options), at::zeros({B, F}, options), at::ones({B, F}, options),
+          at::empty({B, F, num_patches(T, patch_len, stride), patch_len}, options)};
+}
+
 #ifdef __CUDACC__
 #define STHFAST_HOST_DEVICE __host__ __device__
 #else

@@ -95,17 +95,12 @@ PoolPatchOutputs pool_patch_forward_cpu(const at::Tensor& x_in, int64_t patch_le
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), T = x.size(1), N = x.size(2), F = x.size(3);
   const int64_t L = num_patches(T, patch_len, stride);
-  // without weights the kernel takes a plain mean: no [B, N] coefficient tensor is built
-  auto coef = weight.has_value() ? pooling_coefficients(*weight, B, N, x.scalar_type()) : at::Tensor();
-  auto series = at::empty({B, F, T}, x.options());
-  auto mean = at::zeros({B, F}, x.options());
-  auto std = at::ones({B, F}, x.options());
-  auto patches = at::empty({B, F, L, patch_len}, x.options());
+  const ForwardBuffers out = forward_buffers(x, patch_len, stride, weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_patch_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const acc_t* cp = weight.has_value() ? coef.data_ptr<acc_t>() : nullptr;
-    scalar_t* sp = series.data_ptr<scalar_t>();
+    const acc_t* cp = weight.has_value() ? out.coef.data_ptr<acc_t>() : nullptr;
+    scalar_t* sp = out.series.data_ptr<scalar_t>();
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(F);
       for (int64_t bt = begin; bt < end; ++bt) {
@@ -114,16 +109,16 @@ PoolPatchOutputs pool_patch_forward_cpu(const at::Tensor& x_in, int64_t patch_le
         for (int64_t f = 0; f < F; ++f) sp[(b * F + f) * T + t] = static_cast<scalar_t>(acc[f]);
       }
     });
-    scalar_t* mp = mean.data_ptr<scalar_t>();
-    scalar_t* dp = std.data_ptr<scalar_t>();
-    scalar_t* pp = patches.data_ptr<scalar_t>();
+    scalar_t* mp = out.mean.data_ptr<scalar_t>();
+    scalar_t* dp = out.std.data_ptr<scalar_t>();
+    scalar_t* pp = out.patches.data_ptr<scalar_t>();
     at::parallel_for(0, B * F, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bf = begin; bf < end; ++bf)
         normalize_and_patch<scalar_t, acc_t>(sp + bf * T, T, L, patch_len, stride, normalize, eps,
                                              mp + bf, dp + bf, pp + bf * L * patch_len);
     });
   });
-  return {patches, mean, std, series};
+  return out.outputs();
 }
 
 at::Tensor pool_patch_backward_cpu(const at::Tensor& grad_patches_in, const at::Tensor& grad_mean_in,

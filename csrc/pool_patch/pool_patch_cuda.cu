@@ -97,25 +97,21 @@ PoolPatchOutputs pool_patch_forward_cuda(const at::Tensor& x_in, int64_t patch_l
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), T = x.size(1), N = x.size(2), F = x.size(3);
   const int64_t L = num_patches(T, patch_len, stride);
-  auto coef = weight.has_value() ? pooling_coefficients(*weight, B, N, x.scalar_type()) : at::Tensor();
-  auto series = at::empty({B, F, T}, x.options());
-  auto mean = at::zeros({B, F}, x.options());
-  auto std = at::ones({B, F}, x.options());
-  auto patches = at::empty({B, F, L, patch_len}, x.options());
-  if (B * F == 0) return {patches, mean, std, series};
+  const ForwardBuffers out = forward_buffers(x, patch_len, stride, weight);
+  if (B * F == 0) return out.outputs();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_patch_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     pool_kernel<scalar_t, acc_t><<<B * T, kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), weight.has_value() ? coef.data_ptr<acc_t>() : nullptr,
-        series.data_ptr<scalar_t>(), T, N, F);
+        x.data_ptr<scalar_t>(), weight.has_value() ? out.coef.data_ptr<acc_t>() : nullptr,
+        out.series.data_ptr<scalar_t>(), T, N, F);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     normalize_patch_kernel<scalar_t><<<blocks_for(B * F), kThreads, 0, stream>>>(
-        series.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), std.data_ptr<scalar_t>(),
-        patches.data_ptr<scalar_t>(), B * F, T, L, patch_len, stride, normalize, eps);
+        out.series.data_ptr<scalar_t>(), out.mean.data_ptr<scalar_t>(), out.std.data_ptr<scalar_t>(),
+        out.patches.data_ptr<scalar_t>(), B * F, T, L, patch_len, stride, normalize, eps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {patches, mean, std, series};
+  return out.outputs();
 }
 
 at::Tensor pool_patch_backward_cuda(const at::Tensor& grad_patches_in, const at::Tensor& grad_mean_in,
