@@ -1,6 +1,7 @@
 """The main job end to end on the embedded data with a tiny model: CLI outputs, evaluate, predict,
 refusals, and an exact resume after SIGKILL."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -241,12 +242,33 @@ def test_masked_losses_ignore_missing_targets():
         TrainConfig(loss="huber", huber_delta=0)
 
 
-def test_the_mae_loss_is_the_default_and_is_recorded(tiny_backbones, tmp_path):
+def test_auto_loss_is_mae_on_the_embedded_speeds_and_is_recorded(tiny_backbones, tmp_path):
     mse = _tiny_train(tiny_backbones, tmp_path / "mse", epochs=1, loss="mse")
-    mae = _tiny_train(tiny_backbones, tmp_path / "mae", epochs=1)
-    assert mae["history"][0]["train_loss"] != mse["history"][0]["train_loss"]
-    saved = json.loads((tmp_path / "mae/checkpoint/last/meta.json").read_text())
-    assert saved["train_config"]["loss"] == "mae"
+    auto = _tiny_train(tiny_backbones, tmp_path / "auto", epochs=1)
+    mae = _tiny_train(tiny_backbones, tmp_path / "mae", epochs=1, loss="mae")
+    assert auto["history"][0]["train_loss"] == mae["history"][0]["train_loss"] != mse["history"][0]["train_loss"]
+    saved = json.loads((tmp_path / "auto/checkpoint/last/meta.json").read_text())
+    assert saved["train_config"]["loss"] == auto["loss"] == "mae"
+
+
+def test_auto_loss_is_huber_where_most_nodes_are_mostly_zero():
+    """Node 0 reads 0 two steps in three (median 0), node 1 one step in three, node 2 never, node 3
+    has no reading at all (left out): 1 / 3 of the nodes with readings are mostly zero, then 2 / 3
+    once node 1 reads 0 two steps in three too."""
+    from sthfast.data import SensorSeries
+    from sthfast.training import chosen_loss, mostly_zero_nodes
+
+    steps = 60
+    values = np.ones((steps, 4, 1), dtype=np.float32)
+    values[:, 0], values[::3, 0], values[::3, 1], values[:, 3] = 0, 1, 0, np.nan
+    tc = TrainConfig(split="0.5,0.25,0.25")
+    series = SensorSeries(values.copy(), "counts")
+    assert mostly_zero_nodes(series, tc, 0) == pytest.approx(1 / 3)
+    assert chosen_loss(series, tc, 0) == "mae"
+    values[1::3, 1] = 0
+    assert mostly_zero_nodes(SensorSeries(values, "counts"), tc, 0) == pytest.approx(2 / 3)
+    assert chosen_loss(SensorSeries(values, "counts"), tc, 0) == "huber"
+    assert chosen_loss(SensorSeries(values, "counts"), dataclasses.replace(tc, loss="mse"), 0) == "mse"
 
 
 def test_python_api_train_with_time_features(tiny_backbones, tmp_path):
