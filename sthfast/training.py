@@ -75,7 +75,7 @@ class TrainConfig:
     batch_size: int = help_field(32, "Training batch size: the global batch; under torchrun each of the P processes takes batch_size / P of it (P must divide it).")
     eval_batch_size: int = help_field(64, "Evaluation batch size (per process under torchrun).")
     max_batches: int | None = help_field(None, "Stop each training epoch after this many (global) batches (quick runs); default: the whole training split.")
-    loss: str = help_field("auto", "Training loss over the valid targets: 'mae' (masked MAE, as BasicTS), 'mse' (the authors'), 'huber' (between the two) or 'auto': Huber where most nodes read 0 half the time or more, else MAE (README, ACCURACY.md).", choices=LOSSES)
+    loss: str = help_field("auto", "Training loss over the valid targets: 'mae' (masked MAE, as BasicTS), 'mse' (the authors'), 'huber' (between the two) or 'auto': Huber where over half of the varying nodes read 0 more than half the time, else MAE (README).", choices=LOSSES)
     huber_delta: float = help_field(1.0, "Where the Huber loss turns from squared to absolute, in scaled units (standard deviations of the training split).")
     lr: float = help_field(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
     weight_decay: float = help_field(0.0, "Adam weight decay.")
@@ -193,8 +193,10 @@ def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, k
     diff = torch.where(valid, pred - torch.nan_to_num(target), torch.zeros_like(pred))
     if kind == "huber":
         error = F.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=delta)
-    else:
+    elif kind in ("mse", "mae"):
         error = diff.square() if kind == "mse" else diff.abs()
+    else:
+        raise ValueError(f"kind={kind!r} is not 'mae', 'mse' or 'huber'")
     return error.sum() / (valid.sum().clamp_min(1) if denominator is None else denominator)
 
 
@@ -274,28 +276,33 @@ def seasonal_residual_helps(series: SensorSeries, tc: TrainConfig, target_featur
 
 
 def mostly_zero_nodes(series: SensorSeries, tc: TrainConfig, target_feature: int) -> float:
-    """The share of nodes whose valid training readings have median 0 (counts that are mostly
-    zero, such as bus boardings per stop and hour; nodes without a reading are left out)."""
+    """The share of the nodes that vary in the training split whose valid training readings are 0
+    more than half of the time (counts that are mostly zero, such as bus boardings per stop and
+    hour). Nodes without a reading or with one constant reading (an empty grid cell) are left out:
+    either loss forecasts them alike."""
     first_val, _ = split_boundaries(series.num_steps, tc.split_fractions())
     train = series.values[:first_val, :, target_feature].astype(np.float64)          # [T', N]
+    valid = np.isfinite(train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)                              # all-NaN nodes
-        medians = np.nanmedian(train, axis=0)
-    seen = np.isfinite(medians)
-    return float((medians[seen] == 0).mean()) if seen.any() else 0.0
+        varies = np.nanmax(train, axis=0) > np.nanmin(train, axis=0)
+    zeros = (train == 0).sum(0)
+    mostly_zero = 2 * zeros[varies] > valid.sum(0)[varies]
+    return float(mostly_zero.mean()) if varies.any() else 0.0
 
 
 def chosen_loss(series: SensorSeries, tc: TrainConfig, target_feature: int) -> str:
-    """``tc.loss``, with ``'auto'`` resolved: the Huber loss where most nodes are mostly zero (the
-    MAE's optimum, the conditional median, then sits at 0 for most of them and the forecast loses
-    its RMSE to the seasonal average; on MONTEVIDEO-BUS Huber won validation), else the MAE (it
-    won validation on the other datasets of ACCURACY.md)."""
+    """``tc.loss``, with ``'auto'`` resolved: the Huber loss where more than half of the varying
+    nodes are mostly zero (:func:`mostly_zero_nodes`: the MAE's optimum, the conditional median,
+    then sits at 0 for most of them and the forecast loses its RMSE to the seasonal average; on
+    MONTEVIDEO-BUS Huber won validation), else the MAE (it won validation on the other datasets
+    of ACCURACY.md)."""
     if tc.loss != "auto":
         return tc.loss
     share = mostly_zero_nodes(series, tc, target_feature)
     loss = "huber" if share > 0.5 else "mae"
-    tqdm.write(f"loss {loss}: {share:.0%} of the nodes have a median training reading of 0 "
-               "(Huber above half, else MAE; --loss chooses)")
+    tqdm.write(f"loss {loss}: {100 * share:.1f} % of the varying nodes read 0 more than half of the "
+               "training steps (Huber where over 50 %, else MAE; --loss chooses)")
     return loss
 
 
@@ -473,6 +480,8 @@ def set_up(tc: TrainConfig, model_overrides: dict[str, Any], ranks: distributed.
         torch.set_num_threads(tc.threads)
     series, kept, data_nodes = _training_series(tc)
     config, tc = model_config(series, tc, model_overrides)
+    if resuming and tc.loss == "auto":               # the loss the run started with
+        tc = dataclasses.replace(tc, loss=_saved_train_config(last_dir)["loss"])
     tc = dataclasses.replace(tc, loss=chosen_loss(series, tc, config.target_feature))
     data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature,
                    time_features=tc.time_feature_list(), steps_per_day=tc.steps_per_day)
@@ -660,7 +669,7 @@ def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config:
         changed = sorted(k for k in saved_config if saved_config[k] != config.to_dict().get(k))
         raise ckpt.CheckpointError(f"{last_dir}: the checkpoint was trained with a different model config "
                                    f"(fields {changed}); resume with the same flags")
-    saved, now = meta["train_config"], run_meta["train_config"]
+    saved, now = _saved_train_config(last_dir, meta), run_meta["train_config"]
     defaults = TrainConfig().to_dict()                  # fields newer than the run: their defaults
     changed = sorted(k for k in now if k not in RESUMABLE and saved.get(k, defaults[k]) != now[k])
     if changed:
@@ -675,6 +684,13 @@ def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config:
     scheduler.load_state_dict(state["scheduler"])
     _restore_rng(state, ranks, saved["seed"])
     return state["progress"]
+
+
+def _saved_train_config(last_dir: Path, meta: dict | None = None) -> dict[str, Any]:
+    """The training settings a checkpoint's run started with; a run from before the ``loss``
+    field trained with MSE."""
+    saved = (meta or ckpt.read_meta(last_dir))["train_config"]
+    return {"loss": "mse", **saved}
 
 
 def _restore_rng(state: dict, ranks: distributed.Ranks, seed: int) -> None:

@@ -243,32 +243,58 @@ def test_masked_losses_ignore_missing_targets():
 
 
 def test_auto_loss_is_mae_on_the_embedded_speeds_and_is_recorded(tiny_backbones, tmp_path):
-    mse = _tiny_train(tiny_backbones, tmp_path / "mse", epochs=1, loss="mse")
-    auto = _tiny_train(tiny_backbones, tmp_path / "auto", epochs=1)
-    mae = _tiny_train(tiny_backbones, tmp_path / "mae", epochs=1, loss="mae")
+    """With the zeros kept as readings (the paper protocol's way), so that the rule sees them."""
+    mse = _tiny_train(tiny_backbones, tmp_path / "mse", epochs=1, loss="mse", zeros_missing=False)
+    auto = _tiny_train(tiny_backbones, tmp_path / "auto", epochs=1, zeros_missing=False)
+    mae = _tiny_train(tiny_backbones, tmp_path / "mae", epochs=1, loss="mae", zeros_missing=False)
     assert auto["history"][0]["train_loss"] == mae["history"][0]["train_loss"] != mse["history"][0]["train_loss"]
     saved = json.loads((tmp_path / "auto/checkpoint/last/meta.json").read_text())
     assert saved["train_config"]["loss"] == auto["loss"] == "mae"
 
 
-def test_auto_loss_is_huber_where_most_nodes_are_mostly_zero():
-    """Node 0 reads 0 two steps in three (median 0), node 1 one step in three, node 2 never, node 3
-    has no reading at all (left out): 1 / 3 of the nodes with readings are mostly zero, then 2 / 3
-    once node 1 reads 0 two steps in three too."""
+def test_auto_loss_is_huber_where_most_varying_nodes_are_mostly_zero():
+    """30 training steps: node 0 reads 0 at 20 of them, node 1 at 10; node 2 is always 0, node 3
+    has no reading, node 4 is always 5 (these three are left out). One of the two varying nodes
+    is mostly zero: a half is not more than half, so MAE; the validation and test steps do not
+    count; node 1 at 0 for 15 steps is not mostly zero, for 16 it is."""
     from sthfast.data import SensorSeries
-    from sthfast.training import chosen_loss, mostly_zero_nodes
+    from sthfast.training import chosen_loss, masked_loss, mostly_zero_nodes
 
-    steps = 60
-    values = np.ones((steps, 4, 1), dtype=np.float32)
-    values[:, 0], values[::3, 0], values[::3, 1], values[:, 3] = 0, 1, 0, np.nan
+    values = np.ones((60, 5, 1), dtype=np.float32)
+    values[:, 0], values[::3, 0], values[:30:3, 1] = 0, 1, 0
+    values[:, 2], values[:, 3], values[:, 4] = 0, np.nan, 5
+    values[30:, 1] = 0                                        # after the training split
     tc = TrainConfig(split="0.5,0.25,0.25")
-    series = SensorSeries(values.copy(), "counts")
-    assert mostly_zero_nodes(series, tc, 0) == pytest.approx(1 / 3)
-    assert chosen_loss(series, tc, 0) == "mae"
-    values[1::3, 1] = 0
-    assert mostly_zero_nodes(SensorSeries(values, "counts"), tc, 0) == pytest.approx(2 / 3)
-    assert chosen_loss(SensorSeries(values, "counts"), tc, 0) == "huber"
-    assert chosen_loss(SensorSeries(values, "counts"), dataclasses.replace(tc, loss="mse"), 0) == "mse"
+
+    def share_and_loss(config=tc):
+        series = SensorSeries(values.copy(), "counts")
+        return mostly_zero_nodes(series, config, 0), chosen_loss(series, config, 0)
+
+    assert share_and_loss() == (0.5, "mae")
+    values[:30, 1] = np.where(np.arange(30) < 15, 0, 1)[:, None]
+    assert share_and_loss() == (0.5, "mae")
+    values[15, 1] = 0
+    assert share_and_loss() == (1.0, "huber")
+    assert share_and_loss(dataclasses.replace(tc, loss="mse"))[1] == "mse"
+    with pytest.raises(ValueError, match="kind='auto' is not 'mae', 'mse' or 'huber'"):
+        masked_loss(torch.zeros(2), torch.zeros(2), torch.ones(2, dtype=torch.bool), "auto")
+
+
+def test_resume_keeps_the_loss_the_run_started_with(tiny_backbones, tmp_path):
+    """A run on mostly-zero counts started with MAE (as before 'auto' was the default) resumes
+    under the default --loss auto with MAE, not with the Huber loss that auto picks there."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "counts.npz"
+    np.savez(data, data=rng.poisson(0.3, size=(120, 6)).astype(np.float32))
+    tc = TrainConfig(data=str(data), protocol="standard", zeros_missing=False, max_batches=1, batch_size=4,
+                     out=str(tmp_path / "run"), plots=False, threads=1, epochs=1, loss="mae")
+    model = dict(backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8, skip_channels=8,
+                 end_channels=8, node_emb_dim=8, d_ff=16, subgraph_size=3, fusion="spatial_only")
+    assert train(tc, **model)["loss"] == "mae"
+    fresh = train(dataclasses.replace(tc, loss="auto", out=str(tmp_path / "fresh")), **model)
+    assert fresh["loss"] == "huber"
+    resumed = train(dataclasses.replace(tc, loss="auto", epochs=2, resume=True), **model)
+    assert resumed["loss"] == "mae" and resumed["epochs_run"] == 2
 
 
 def test_python_api_train_with_time_features(tiny_backbones, tmp_path):
