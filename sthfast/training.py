@@ -220,11 +220,11 @@ def model_config(series: SensorSeries, tc: TrainConfig,
     names = tc.time_feature_list()
     if values["seasonal_residual"] == "auto":
         weekday = "day_of_week" in names or "time_of_day" not in names        # both are added if absent
-        values["seasonal_residual"], profile_mae, mean_mae = seasonal_residual_helps(
-            series, tc, values.get("target_feature", 0), weekday)
-        tqdm.write(f"seasonal residual {'on' if values['seasonal_residual'] else 'off'}: on the validation "
-                   f"split the seasonal profile's MAE is {profile_mae:.4g}, the node means' {mean_mae:.4g} "
-                   "(--seasonal-residual / --no-seasonal-residual choose)")
+        values["seasonal_residual"], errors = seasonal_residual_helps(
+            series, tc, values.get("target_feature", 0), weekday, values["pred_len"])
+        tqdm.write(f"seasonal residual {'on' if values['seasonal_residual'] else 'off'}: validation MAE "
+                   + ", ".join(f"{name} {mae:.4g}" for name, mae in errors.items())
+                   + " (on where the profile's is the lowest; --seasonal-residual / --no-seasonal-residual choose)")
     defaults = STHSepNetConfig()
     needs_calendar = values["seasonal_residual"] or values.get("time_embedding_dim", defaults.time_embedding_dim)
     if needs_calendar and "time_of_day" not in names:
@@ -254,25 +254,44 @@ def training_profile(train_values: np.ndarray, cal: Calendar, has_weekday: bool)
 
 
 def seasonal_residual_helps(series: SensorSeries, tc: TrainConfig, target_feature: int,
-                            has_weekday: bool) -> tuple[bool, float, float]:
+                            has_weekday: bool, pred_len: int) -> tuple[bool, dict[str, float]]:
     """Whether the data are seasonal enough for the seasonal residual (the default of ``sthfast
-    train``): the training split's profile forecasts the validation split's readings with a lower
-    MAE than each node's training mean. Returns ``(helps, profile MAE, node-mean MAE)``."""
+    train``): on the validation split the training split's profile forecasts the readings with a
+    lower MAE than both each node's training mean and the last reading 1 to ``pred_len`` steps
+    before (averaged over those horizons). The last reading is what a model without the residual
+    starts from: where it beats the profile over the horizon (traffic speeds one hour ahead), the
+    residual lost validation in ACCURACY.md. Returns ``(helps, {forecast: validation MAE})`` for
+    the forecasts ``'profile'``, ``'node means'`` and ``'last reading'``."""
     first_val, first_test = split_boundaries(series.num_steps, tc.split_fractions())
     target = series.values[:, :, target_feature].astype(np.float64)             # [T, N], NaN = missing
-    train, val = target[:first_val], target[first_val:first_test]
+    val = target[first_val:first_test]
     cal = calendar(series, tc.steps_per_day)
-    table = training_profile(train, cal, has_weekday)
+    table = training_profile(target[:first_val], cal, has_weekday)
     slots = cal.weekday * cal.per_day + cal.day_slot if has_weekday else cal.day_slot
-    forecast = table[slots[first_val:first_test]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)                            # all-NaN nodes
-        node_mean = np.nanmean(train, axis=0)
-    seen = np.isfinite(val) & np.isfinite(node_mean)
+        node_mean = np.nanmean(target[:first_val], axis=0)
+    last = last_readings(target)                                                 # [T, N]
+    # validation readings that every forecast covers (the last reading pred_len steps before, too)
+    seen = np.isfinite(val) & np.isfinite(node_mean) & np.isfinite(last[first_val - pred_len:first_test - pred_len])
     if not seen.any():
-        return False, math.nan, math.nan
-    profile_mae, mean_mae = (float(np.abs(f - val)[seen].mean()) for f in (forecast, node_mean))
-    return profile_mae < mean_mae, profile_mae, mean_mae
+        return False, dict.fromkeys(("profile", "node means", "last reading"), math.nan)
+
+    def mae(forecast: np.ndarray) -> float:                                     # [T_val, N] -> MAE
+        return float(np.abs(forecast - val)[seen].mean())
+
+    errors = {"profile": mae(table[slots[first_val:first_test]]), "node means": mae(node_mean),
+              "last reading": float(np.mean([mae(last[first_val - h:first_test - h])
+                                             for h in range(1, pred_len + 1)]))}
+    return errors["profile"] < min(errors["node means"], errors["last reading"]), errors
+
+
+def last_readings(values: np.ndarray) -> np.ndarray:
+    """``values [T, N]`` with every missing reading (NaN) replaced by the node's last valid one
+    before it (NaN where there is none yet)."""
+    steps = np.where(np.isfinite(values), np.arange(len(values))[:, None], 0)
+    latest = np.maximum.accumulate(steps, axis=0)                                # [T, N]
+    return np.take_along_axis(values, latest, axis=0)
 
 
 def mostly_zero_nodes(series: SensorSeries, tc: TrainConfig, target_feature: int) -> float:
@@ -479,9 +498,9 @@ def set_up(tc: TrainConfig, model_overrides: dict[str, Any], ranks: distributed.
     if tc.threads:
         torch.set_num_threads(tc.threads)
     series, kept, data_nodes = _training_series(tc)
+    if resuming:
+        tc, model_overrides = _choices_of_run(last_dir, tc, model_overrides)
     config, tc = model_config(series, tc, model_overrides)
-    if resuming and tc.loss == "auto":               # the loss the run started with
-        tc = dataclasses.replace(tc, loss=_saved_train_config(last_dir)["loss"])
     tc = dataclasses.replace(tc, loss=chosen_loss(series, tc, config.target_feature))
     data = prepare(series, config.seq_len, config.pred_len, tc.split_fractions(), config.target_feature,
                    time_features=tc.time_feature_list(), steps_per_day=tc.steps_per_day)
@@ -684,6 +703,20 @@ def _resume(last_dir: Path, model, optimizer, scheduler, run_meta: dict, config:
     scheduler.load_state_dict(state["scheduler"])
     _restore_rng(state, ranks, saved["seed"])
     return state["progress"]
+
+
+def _choices_of_run(last_dir: Path, tc: TrainConfig,
+                    model_overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """``tc`` and ``model_overrides`` with what ``'auto'`` chose when the checkpoint's run started,
+    the loss and the seasonal residual, so that a resume goes on as it began even where the rules
+    (:func:`chosen_loss`, :func:`seasonal_residual_helps`) have changed since."""
+    meta = ckpt.read_meta(last_dir)
+    if tc.loss == "auto":
+        tc = dataclasses.replace(tc, loss=_saved_train_config(last_dir, meta)["loss"])
+    if model_overrides.get("seasonal_residual", "auto") == "auto":
+        started = {**STHSepNetConfig().to_dict(), **meta["config"]}["seasonal_residual"]
+        model_overrides = {**model_overrides, "seasonal_residual": started}
+    return tc, model_overrides
 
 
 def _saved_train_config(last_dir: Path, meta: dict | None = None) -> dict[str, Any]:

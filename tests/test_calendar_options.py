@@ -183,24 +183,42 @@ def test_the_profile_is_weekly_only_from_enough_training_weeks(small_config, tmp
     assert bool(saturday_ahead) is weekly
 
 
-@pytest.mark.parametrize("seasonal", [True, False])
-def test_train_turns_the_seasonal_residual_on_where_the_profile_beats_the_node_means(tmp_path, seasonal):
-    from sthfast.training import TrainConfig, model_config
+# (the data, whether the profile beats the node means, whether it beats the last reading)
+@pytest.mark.parametrize("kind, beats_means, beats_last", [
+    ("noise", False, True), ("cycle", True, True), ("cycle on a wandering level", True, False)])
+def test_train_turns_the_seasonal_residual_on_where_the_profile_beats_node_means_and_last_reading(
+        tmp_path, kind, beats_means, beats_last):
+    from sthfast.training import TrainConfig, model_config, seasonal_residual_helps
 
     steps = 10 * 7 * PER_DAY
     rng = np.random.default_rng(0)
     values = rng.normal(size=(steps, 11))
-    if seasonal:                                          # a daily cycle far above the noise
+    if kind != "noise":                                   # a daily cycle far above the noise
         values += 5 * np.sin(2 * np.pi * np.arange(steps) / PER_DAY)[:, None]
+    if kind == "cycle on a wandering level":              # a random walk: the last reading is closer
+        values += np.cumsum(rng.normal(size=(steps, 11)), axis=0)
     path = tmp_path / "series.npz"
     np.savez(path, data=values.astype(np.float32))
     tc = TrainConfig(data=str(path), protocol="standard", steps_per_day=PER_DAY)
     config, tc_used = model_config(load_series(path), tc, {})
+    seasonal = beats_means and beats_last
     assert config.seasonal_residual is seasonal
     assert (config.time_of_day_channel is not None) is seasonal            # the calendar only when needed
     assert tc_used.time_features == ("time_of_day,day_of_week" if seasonal else tc.time_features)
     for given in (True, False):                                             # a flag overrides the rule
         assert model_config(load_series(path), tc, {"seasonal_residual": given})[0].seasonal_residual is given
+    _, errors = seasonal_residual_helps(load_series(path), tc, 0, True, config.pred_len)
+    assert (errors["profile"] < errors["node means"], errors["profile"] < errors["last reading"]) == (
+        beats_means, beats_last)
+
+
+def test_last_readings_carry_the_latest_valid_reading_over_gaps():
+    from sthfast.training import last_readings
+
+    nan = np.nan
+    values = np.array([[nan, 1.0], [2.0, nan], [nan, nan], [3.0, 4.0], [nan, 5.0]])
+    expected = np.array([[nan, 1.0], [2.0, 1.0], [2.0, 1.0], [3.0, 4.0], [3.0, 5.0]])
+    np.testing.assert_array_equal(last_readings(values), expected)
 
 
 def test_gaps_in_the_inputs_read_as_the_profile_under_the_seasonal_residual(small_config, tmp_path):

@@ -30,8 +30,9 @@ def tiny_flags(backbone: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained_run(tiny_backbones, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    code = main(["train", "--data", "embedded", "--epochs", "2", "--max-batches", "3", "--out", str(out)]
-                + tiny_flags(tiny_backbones["bert"]))
+    # the seasonal residual (auto turns it off on LOS-LOOP 12 -> 12) for its calendar channels
+    code = main(["train", "--data", "embedded", "--epochs", "2", "--max-batches", "3", "--out", str(out),
+                 "--seasonal-residual"] + tiny_flags(tiny_backbones["bert"]))
     assert code == 0
     return out
 
@@ -99,7 +100,7 @@ def test_predict_forecasts_after_the_end(trained_run, tmp_path, capsys):
 
 def test_from_checkpoint(trained_run):
     model = STHSepNet.from_checkpoint(trained_run)
-    c = model.config      # sthfast train's default seasonal residual reads two calendar channels
+    c = model.config      # the seasonal residual reads two calendar channels
     assert (c.num_nodes, c.in_features, c.seasonal_residual) == (207, 3, True)
     assert model(torch.zeros(2, 12, 207, 3)).shape == (2, 12, 207)
 
@@ -280,21 +281,23 @@ def test_auto_loss_is_huber_where_most_varying_nodes_are_mostly_zero():
         masked_loss(torch.zeros(2), torch.zeros(2), torch.ones(2, dtype=torch.bool), "auto")
 
 
-def test_resume_keeps_the_loss_the_run_started_with(tiny_backbones, tmp_path):
-    """A run on mostly-zero counts started with MAE (as before 'auto' was the default) resumes
-    under the default --loss auto with MAE, not with the Huber loss that auto picks there."""
+def test_resume_keeps_what_auto_chose_when_the_run_started(tiny_backbones, tmp_path):
+    """A run on mostly-zero counts started with MAE and without the seasonal residual (as the rules
+    of earlier versions might choose) resumes under the default 'auto' of both with them, not with
+    the Huber loss and the residual that the rules pick there now."""
     rng = np.random.default_rng(0)
     data = tmp_path / "counts.npz"
     np.savez(data, data=rng.poisson(0.3, size=(120, 6)).astype(np.float32))
     tc = TrainConfig(data=str(data), protocol="standard", zeros_missing=False, max_batches=1, batch_size=4,
-                     out=str(tmp_path / "run"), plots=False, threads=1, epochs=1, loss="mae")
+                     out=str(tmp_path / "run"), plots=False, threads=1, epochs=1, loss="mae", steps_per_day=6)
     model = dict(backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8, skip_channels=8,
                  end_channels=8, node_emb_dim=8, d_ff=16, subgraph_size=3, fusion="spatial_only")
-    assert train(tc, **model)["loss"] == "mae"
+    assert train(tc, **model, seasonal_residual=False)["loss"] == "mae"
     fresh = train(dataclasses.replace(tc, loss="auto", out=str(tmp_path / "fresh")), **model)
-    assert fresh["loss"] == "huber"
+    assert fresh["loss"] == "huber" and STHSepNet.from_checkpoint(tmp_path / "fresh").config.seasonal_residual
     resumed = train(dataclasses.replace(tc, loss="auto", epochs=2, resume=True), **model)
     assert resumed["loss"] == "mae" and resumed["epochs_run"] == 2
+    assert not STHSepNet.from_checkpoint(tc.out).config.seasonal_residual
 
 
 def test_python_api_train_with_time_features(tiny_backbones, tmp_path):
