@@ -94,7 +94,8 @@ FLIP_SEASONAL = {d: "no_seasonal" for d in (
 
 # In this order, each run skipped once its result is kept: three seeds of the defaults everywhere;
 # one seed of spatial_only (the LLM's worth), of the MSE loss and of the seasonal residual flipped
-# everywhere (the defaults are chosen on validation); the Huber loss where neither MAE nor MSE won
+# everywhere (the defaults are chosen on validation), then seeds 2 and 3 of spatial_only and of
+# the flip (the two comparisons the targets rest on) after the single-seed ablations; the Huber loss where neither MAE nor MSE won
 # everywhere, and the MAE loss where --loss auto picks Huber; the seasonal flip over 3 seeds where
 # the rule turned it off after the residual had been the default; every other ablation on the two
 # cheapest datasets, then on LOS-LOOP's standard protocol.
@@ -110,6 +111,8 @@ PLAN: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("montevideo-bus", "mae_loss", SEEDS),           # auto picks Huber there: MAE is the ablation
     ("los-loop-standard", "with_seasonal", SEEDS),   # the seasonal rule's one change of mind: 3 seeds
     *((name, v, (1,)) for name in (*CHEAP, "los-loop-standard") for v in OTHERS),
+    *((d.name, "spatial_only", SEEDS[1:]) for d in DATASETS),
+    *((d.name, FLIP_SEASONAL[d.name], SEEDS[1:]) for d in DATASETS),
 )
 
 

@@ -48,7 +48,7 @@ def _metrics(mae: float, val: float, horizons=("h3",)) -> dict:
 
 def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     listed = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "chickenpox/*"]).stdout.splitlines()
-    assert len(listed) == 3 + 3 + 2 + 8   # defaults, spatial / MSE / flip, Huber x 2, the rest
+    assert len(listed) == 3 + 3 + 2 + 8 + 4   # defaults, spatial / MSE / flip, Huber x 2, the rest, seeds 2-3
     assert all(line.startswith("sthfast train --data ") for line in listed)
     assert "--seasonal-residual --seed 1 --out runs/accuracy/chickenpox/with_seasonal-seed1" in listed[5]
     results = tmp_path / "results" / "chickenpox"
