@@ -117,10 +117,15 @@ PLAN: tuple[tuple[str, str, tuple[int, ...]], ...] = (
 
 
 def runs_of_plan():
-    """``(dataset, variant, seed, folder name)`` of every planned run, in order."""
+    """``(dataset, variant, seed, folder name)`` of every planned run, in order, each once (the plan
+    names some twice: LOS-LOOP standard's seasonal flip is both its flip and its 3-seed re-run)."""
+    seen = set()
     for dataset, variant, seeds in PLAN:
         for seed in seeds:
-            yield dataset, variant, seed, f"{dataset}/{variant}-seed{seed}"
+            name = f"{dataset}/{variant}-seed{seed}"
+            if name not in seen:
+                seen.add(name)
+                yield dataset, variant, seed, name
 
 
 def command(dataset: str, variant: str, seed: int, out: Path) -> list[str]:

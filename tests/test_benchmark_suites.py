@@ -51,6 +51,8 @@ def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     assert len(listed) == 3 + 3 + 2 + 8 + 4   # defaults, spatial / MSE / flip, Huber x 2, the rest, seeds 2-3
     assert all(line.startswith("sthfast train --data ") for line in listed)
     assert "--seasonal-residual --seed 1 --out runs/accuracy/chickenpox/with_seasonal-seed1" in listed[5]
+    los_loop = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "los-loop-standard/*"]).stdout.splitlines()
+    assert len(los_loop) == len(set(los_loop)) == 3 + 3 + 1 + 3 + 8   # its flip planned twice, listed once
     results = tmp_path / "results" / "chickenpox"
     results.mkdir(parents=True)
     for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("with_seasonal-seed1", 1.5, 0.9),
