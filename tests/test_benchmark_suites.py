@@ -48,11 +48,13 @@ def _metrics(mae: float, val: float, horizons=("h3",)) -> dict:
 
 def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     listed = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "chickenpox/*"]).stdout.splitlines()
-    assert len(listed) == 3 + 3 + 2 + 8 + 4   # defaults, spatial / MSE / flip, Huber x 2, the rest, seeds 2-3
+    assert len(listed) == 3 + 3 + 2 + 8 + 4 + 16   # defaults, spatial / MSE / flip, Huber x 2, the rest,
+    #                                                seeds 2-3 of spatial / flip, then of the rest
     assert all(line.startswith("sthfast train --data ") for line in listed)
     assert "--seasonal-residual --seed 1 --out runs/accuracy/chickenpox/with_seasonal-seed1" in listed[5]
     los_loop = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "los-loop-standard/*"]).stdout.splitlines()
-    assert len(los_loop) == len(set(los_loop)) == 3 + 3 + 1 + 3 + 8   # its flip planned twice, listed once
+    assert len(los_loop) == len(set(los_loop)) == 3 + 3 + 1 + 3 + 8 + 16   # its flip planned twice, listed once
+    assert "--hypergraph none --seed 2 " in los_loop[18] and "--gate-init 0.5 --seed 3 " in los_loop[-1]
     results = tmp_path / "results" / "chickenpox"
     results.mkdir(parents=True)
     for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("with_seasonal-seed1", 1.5, 0.9),
