@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random Hugging Face backbones written locally (never downloaded) and a
 small-model config factory, so that most tests build models in well under a second. Without a
-GPU, switches on Triton's interpreter so that the ``triton`` backend is tested on the CPU."""
+GPU, switches on Triton's interpreter so that the ``triton`` backend is tested on the CPU, and
+records its kernel launches, which ``test_triton_aot.py`` (run after every other test) compiles
+for real GPU targets; ``STHFAST_TRITON_LAUNCHES=FILE`` writes them to FILE at the end."""
 
 from __future__ import annotations
 
@@ -11,9 +13,28 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run on the CPU through the interpreter, which
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must be on before Triton is first imported
 
+import json  # noqa: E402
+
 import pytest  # noqa: E402
 
-from sthfast import STHSepNetConfig
+from sthfast import STHSepNetConfig, optional_deps  # noqa: E402
+from sthfast.backends.triton import aot  # noqa: E402
+
+
+def pytest_configure(config):
+    if optional_deps.triton_interpreter() and optional_deps.probe("triton").ok:
+        aot.start_recording()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``triton_aot`` tests last: they compile the launches that the others recorded."""
+    items.sort(key=lambda item: item.get_closest_marker("triton_aot") is not None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("STHFAST_TRITON_LAUNCHES"):
+        with open(os.environ["STHFAST_TRITON_LAUNCHES"], "w") as file:
+            json.dump([launch.to_json() for launch in aot.RECORDED], file)
 
 
 def _save_tiny(kind: str, path) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..reference.pool_patch import num_patches
-from . import Implementation, nowhere, sparse
+from . import Implementation, fused_mixprop, nowhere, sparse
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,20 +72,11 @@ def mixprop_isa() -> str | None:
 
 def mixprop(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ...], depth: int,
             beta: float) -> Tensor:
-    """Fused MixProp ``h_0 = x, h_{j+1} = beta x + P h_j`` over ``x [B, C, N, T]`` ->
-    ``[B, C (depth + 1), N, T]``, all steps in one pass (``csrc/mixprop/mixprop_cpu.cpp``).
-
-    ``structure`` is a :class:`sthfast.backends.sparse.SparseRows` ``S`` and ``vals [V, nnz]`` value vectors
-    on its pattern (in its forward order); ``P`` applies ``hops`` in turn, each ``S`` (or ``S^T``
-    when its flag is set) with its value vector. Gradients reach ``x`` and ``vals``. The op saves
-    its output for the backward: modifying the output in place is then an error, as for any op
-    that saves its output."""
+    """The fused MixProp on the CPU (``csrc/mixprop/mixprop_cpu.cpp``), all steps in one pass over
+    ``x [B, C, N, T]`` -> ``[B, C (depth + 1), N, T]``; arguments as
+    :func:`sthfast.backends.fused_mixprop.call`."""
     _require()
-    s = structure
-    index = [t.long().contiguous() for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
-    return torch.ops.sthfast.mixprop_forward(
-        *index, vals, x, [int(t) for t, _ in hops], [v for _, v in hops],
-        -1 if s.blocks is None else s.blocks, depth, float(beta))
+    return fused_mixprop.call(torch.ops.sthfast.mixprop_forward, x, structure, vals, hops, depth, beta)
 
 
 def mixprop_tile_width(num_nodes: int, channels: int, steps: int, value_bytes: int = 4) -> int:
@@ -94,69 +85,9 @@ def mixprop_tile_width(num_nodes: int, channels: int, steps: int, value_bytes: i
     return torch.ops.sthfast.mixprop_tile_width(num_nodes, channels, steps, value_bytes)
 
 
-def _recomputed_backward(twin, inputs: list[Tensor], grads: list[Tensor | None]) -> list[Tensor | None]:
-    """The backward of a fused op when a graph of it is asked for (``create_graph``, higher
-    derivatives): ``twin()`` recomputes the op's outputs differentiably from ``inputs`` with
-    PyTorch ops, and those are differentiated instead (the compiled backward has no graph)."""
-    with torch.enable_grad():
-        outs = twin()
-    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
-    wanted = [t for t in inputs if t.requires_grad]
-    if not pairs or not wanted:
-        return [None] * len(inputs)
-    found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
-                                     create_graph=True, allow_unused=True))
-    return [next(found) if t.requires_grad else None for t in inputs]
-
-
 def _register_python_parts() -> None:
     _register_pool_patch()
-    _register_mixprop()
-
-
-def _register_mixprop() -> None:
-    @torch.library.register_fake("sthfast::mixprop_forward")
-    def _(row_ptr, col, col_ptr, t_col, from_t, vals, x, hop_transpose, hop_value, blocks, depth, beta):
-        b, c, n, t = x.shape
-        return x.new_empty(b, (depth + 1) * c, n, t)
-
-    @torch.library.register_fake("sthfast::mixprop_backward")
-    def _(grad, out, row_ptr, col, col_ptr, t_col, from_t, vals, hop_transpose, hop_value, blocks,
-          depth, beta, need_vals):
-        b, dc, n, t = out.shape
-        return vals.new_empty(vals.shape), out.new_empty(b, dc // (depth + 1), n, t)
-
-    def setup_context(ctx, inputs, output):
-        # the output holds every step h_j, the hops' inputs: the backward reads them from it
-        ctx.save_for_backward(output, *inputs[:7])
-        ctx.config = inputs[7:]
-
-    def backward(ctx, grad):
-        out, *index, vals, x = ctx.saved_tensors
-        need_vals, need_x = ctx.needs_input_grad[5], ctx.needs_input_grad[6]
-        if torch.is_grad_enabled():          # create_graph: differentiate the step-by-step twin
-            grad_vals, grad_x = _recomputed_backward(lambda: [_by_steps(x, index, vals, *ctx.config)],
-                                                     [vals, x], [grad])
-        else:
-            grad_vals, grad_x = torch.ops.sthfast.mixprop_backward(grad, out, *index, vals, *ctx.config,
-                                                                   need_vals)
-        return (None, None, None, None, None, grad_vals if need_vals else None,
-                grad_x if need_x else None, None, None, None, None, None)
-
-    torch.library.register_autograd("sthfast::mixprop_forward", backward, setup_context=setup_context)
-
-
-def _by_steps(x: Tensor, index: list[Tensor], vals: Tensor, hop_transpose: list[int],
-              hop_value: list[int], blocks: int, depth: int, beta: float) -> Tensor:
-    """The fused MixProp's twin in PyTorch ops (the ``sparse`` backend's step-by-step products)."""
-    from .sparse import SparseRows, spmm
-    from .sparse.mixprop import by_steps  # noqa: PLC0415
-
-    row_ptr, col, col_ptr, t_col, from_t = index
-    row = torch.repeat_interleave(torch.arange(row_ptr.shape[0] - 1, device=col.device), row_ptr.diff())
-    s = SparseRows(row_ptr, col, row, col_ptr, t_col, from_t, vals[0], None if blocks == -1 else blocks)
-    hops = tuple((bool(t), v) for t, v in zip(hop_transpose, hop_value))
-    return by_steps(spmm, x, s, list(vals.unbind(0)), hops, depth, beta)
+    fused_mixprop.register("sthfast::mixprop_forward", "sthfast::mixprop_backward")
 
 
 def _register_pool_patch() -> None:
@@ -187,7 +118,7 @@ def _register_pool_patch() -> None:
             from ..reference import pool_patch as reference_pool_patch  # noqa: PLC0415
 
             twin = lambda: reference_pool_patch(x, ctx.patch_len, ctx.stride, ctx.normalize, ctx.eps, weight)
-            return (*_recomputed_backward(twin, [x], [grad_patches, grad_mean, grad_std]),
+            return (*fused_mixprop.recomputed_backward(twin, [x], [grad_patches, grad_mean, grad_std]),
                     None, None, None, None, None)
         b, f, t = series.shape
         zeros = series.new_zeros(b, f)
@@ -216,7 +147,7 @@ def _implementations() -> tuple[Implementation, ...]:
     structures (``cpp``), which ``auto`` takes on the CPU; the constructors are sparse's, there
     so that naming ``cpp`` works, never taken by ``auto`` (which resolves them on their own: the
     tiled search or FAISS, by size)."""
-    fused = sparse.backend_ops(sparse.spmm, sparse.topk, fused=mixprop)
+    fused = sparse.backend_ops(sparse.topk, fused=mixprop)
     return (Implementation("pool_patch", "cpp", pool_patch, auto_on=runs_on_cpu),
             Implementation("pool_patch", "cuda", pool_patch, auto_on=runs_on_cuda),
             *(Implementation(op, "cpp", fused[op], auto_on=runs_on_cpu)

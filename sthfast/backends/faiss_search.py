@@ -151,7 +151,7 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
 
 
 topk = define_topk("faiss", topk_neighbors)
-OPS = sparse.backend_ops(sparse.spmm, topk)   # FAISS search in the sparse builders and propagation
+OPS = sparse.backend_ops(topk, spmm=sparse.spmm)   # FAISS search in the sparse builders and propagation
 # Points from which ``auto`` searches neighbours with FAISS rather than the tiled torch search on
 # the CPU: where FAISS's flat search overtook it on a 2-core CPU (benchmarks/large_n.py, RESULTS.md).
 # On CUDA ``auto`` keeps Triton when it is installed (FAISS GPU unmeasured here: name ``faiss``).

@@ -2,8 +2,10 @@
 (CPU and CUDA) against the reference, outputs and gradients in x and in the embeddings, over
 shared, per-sample and binary hypergraphs, duplicates, k = N, one node, empty batches, half
 precision, empty hyperedges; the kernels beneath (the sparse product, a custom op shared with
-``graph_mixprop``, and the extension's fused MixProp, ``cpp``: tiling, depth, blocks, threads, its
-baseline copy, opcheck, second derivatives, malformed structures); no N x N buffer at N = 44,000."""
+``graph_mixprop``, the extension's fused MixProp, ``cpp``: tiling, depth, blocks, threads, its
+baseline copy, opcheck, second derivatives, malformed structures; and the Triton fused MixProp:
+every column width, both chains, per-sample structures, malformed structures, opcheck); no N x N
+buffer at N = 30,000."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from sthfast import ops, reference
 from sthfast.backends import extension, sparse
 from sthfast.backends.sparse import structure
 from sthfast.backends.sparse.mixprop import HYPERGRAPH_HOPS
-from sthfast.testing import HYPERGRAPH_CASES, features, mixprop_outputs_and_grads, points
+from sthfast.testing import HYPERGRAPH_CASES, features, mixprop_outputs_and_grads, points, weighted_sum
 
 from backend_cases import fast_paths, interpreted, needs_cpp, runnable, tolerance
 
@@ -155,21 +157,14 @@ def test_empty_hyperedges_and_isolated_nodes_contribute_nothing(backend, device)
 # --------------------------------------------------------------------------- the sparse product
 
 
-def _spmm(backend: str):
-    if backend == "sparse":
-        return sparse.spmm
-    from sthfast.backends.triton import backend as kernels
-
-    return kernels.spmm
-
-
-# cpp fuses whole MixProps instead; faiss searches with FAISS and multiplies with sparse's product
-SPMM_PATHS = fast_paths("hypergraph_mixprop", exclude=("cpp", "faiss"))
+# the sparse product of the step-by-step propagation: only `sparse` multiplies step by step (cpp
+# and triton fuse whole MixProps, faiss searches with FAISS and multiplies with sparse's product)
+SPMM_PATHS = fast_paths("hypergraph_mixprop", exclude=("cpp", "faiss", "triton"))
 
 
 @pytest.mark.parametrize("backend,device", SPMM_PATHS)
 def test_the_sparse_product_is_a_custom_op_that_passes_opcheck(backend, device):
-    spmm = _spmm(backend)
+    spmm = sparse.spmm
     g = torch.Generator().manual_seed(0)
     idx = torch.stack([torch.randperm(6, generator=g)[:3] for _ in range(4)]).to(device)  # distinct per row
     val = torch.rand(4, 3, generator=g, dtype=D).to(device).requires_grad_()
@@ -177,9 +172,7 @@ def test_the_sparse_product_is_a_custom_op_that_passes_opcheck(backend, device):
     for transpose in (False, True):
         x = torch.randn(4 if transpose else 6, 5, generator=g, dtype=D).to(device).requires_grad_()
         torch.library.opcheck(spmm.op, (s.row_ptr, s.col, s.row, s.col_ptr, s.t_col, s.from_t, s.val, x, transpose))
-        if not interpreted(backend, device):  # ~100 launches: too slow in the interpreter, where the
-            torch.autograd.gradcheck(         # MixProp tests compare the gradients with the reference's
-                lambda v, xx: spmm(s._replace(val=v), xx, transpose), (s.val, x))
+        torch.autograd.gradcheck(lambda v, xx: spmm(s._replace(val=v), xx, transpose), (s.val, x))
     a, b = torch.randn(4, 5, dtype=D, device=device), torch.randn(6, 5, dtype=D, device=device)
     torch.library.opcheck(spmm.sampled_op, (s.row_ptr, s.row, s.col, a, b))
 
@@ -191,7 +184,7 @@ def test_the_sparse_product_with_features_wider_than_one_block(backend, device):
     val = torch.rand(3, 2, generator=g, dtype=D).to(device).requires_grad_()
     s = structure.from_ell(torch.tensor([[0, 3], [1, 2], [2, 3]], device=device), val, 4)
     x = torch.randn(4, 1500, generator=g, dtype=D).to(device).requires_grad_()
-    y = _spmm(backend)(s, x)
+    y = sparse.spmm(s, x)
     torch.testing.assert_close(y, s.to_dense() @ x)
     gv, gx = torch.autograd.grad(y.pow(2).sum(), (s.val, x))
     dense = s.to_dense().detach().requires_grad_()
@@ -349,6 +342,96 @@ def test_without_the_extension_auto_falls_back_to_sparse(monkeypatch):
         assert ops.resolve(op, "auto", "cpu") == "sparse"
     with pytest.raises(ValueError, match="backend 'cpp' cannot run hypergraph_mixprop on cpu"):
         ops.resolve("hypergraph_mixprop", "cpp", "cpu")
+
+
+# --------------------------------------------------------------------------- the fused MixProp (triton)
+
+
+TRITON_PATHS = fast_paths("hypergraph_mixprop", exclude=("cpp", "faiss", "sparse"))
+
+
+def _fused_against_steps(device, s, hops, x, depth=2, beta=0.1):
+    """The Triton fused MixProp and sparse's step-by-step chain over the same structure and values:
+    outputs and the gradients of x and of the value vectors, each as a list [fused, steps]."""
+    from sthfast.backends.sparse.mixprop import by_steps
+    from sthfast.backends.triton import mixprop as triton_mixprop
+
+    g = torch.Generator().manual_seed(3)
+    vals = torch.rand(len({v for _, v in hops}), s.col.shape[0], generator=g, dtype=x.dtype)
+    results = []
+    for name in ("fused", "steps"):
+        xx = x.detach().to(device).requires_grad_()
+        vv = vals.to(device).requires_grad_()
+        sd = s._replace(**{f: getattr(s, f).to(device) for f in ("row_ptr", "col", "row", "col_ptr", "t_col",
+                                                                  "from_t", "val")})
+        y = (triton_mixprop.mixprop(xx, sd, vv, hops, depth, beta) if name == "fused"
+             else by_steps(sparse.spmm, xx, sd, list(vv.unbind(0)), hops, depth, beta))
+        grads = torch.autograd.grad(weighted_sum(y), (xx, vv), allow_unused=True, materialize_grads=True)
+        results.append([t.detach().cpu() for t in (y, *grads)])
+    return results
+
+
+GRAPH, GRAPH_T = ((False, 0),), ((True, 0),)
+# (hops, dtype, B, C, T): the launcher's 32 and 64 columns per program (float64: 64) under the
+# interpreter's 4 multiprocessors, both chains, both graph directions
+WIDTH_CASES = {"hypergraph-32": (HYPERGRAPH_HOPS, torch.float32, 1, 1, 4),
+               "hypergraph-64": (HYPERGRAPH_HOPS, torch.float32, 8, 16, 4),
+               "hypergraph-float64": (HYPERGRAPH_HOPS, torch.float64, 1, 16, 4),
+               "graph-32": (GRAPH, torch.float32, 2, 3, 4), "graph_t-float64": (GRAPH_T, torch.float64, 4, 16, 4)}
+
+
+@pytest.mark.parametrize("backend,device", TRITON_PATHS)
+@pytest.mark.parametrize("case", list(WIDTH_CASES))
+def test_triton_fused_mixprop_equals_the_steps_at_every_block_width(backend, device, case):
+    """Both kernels (forward and backward) at each column width the launcher picks, with rows of
+    unequal degree (S^T) and 35 rows (three row blocks)."""
+    hops, dtype, b, c, t = WIDTH_CASES[case]
+    g = torch.Generator().manual_seed(b + c)
+    idx = torch.stack([torch.randperm(35, generator=g)[:3] for _ in range(35)])
+    s = structure.from_ell(idx, torch.rand(35, 3, generator=g, dtype=dtype), 35)
+    fused, steps = _fused_against_steps(device, s, hops, features(b, c, 35, t, dtype, seed=b))
+    for got, want in zip(fused, steps):
+        torch.testing.assert_close(got, want, **tolerance(dtype, device))
+
+
+@pytest.mark.parametrize("backend,device", TRITON_PATHS)
+def test_triton_fused_mixprop_per_sample_structure_and_depth_zero(backend, device):
+    z = points(9, 4, batch=3)
+    h = ops.knn_hypergraph(z, 3, backend="sparse")                   # block diagonal: one per sample
+    x = features(3, 2, 9, 5, seed=2)
+    for depth in (0, 3):
+        fused, steps = _fused_against_steps(device, h, HYPERGRAPH_HOPS, x, depth=depth)
+        for got, want in zip(fused, steps):
+            torch.testing.assert_close(got, want, **tolerance(D, device))
+
+
+@pytest.mark.parametrize("backend,device", TRITON_PATHS)
+def test_triton_fused_mixprop_refuses_structures_that_do_not_fit(backend, device):
+    from sthfast.backends.triton import mixprop as triton_mixprop
+
+    s, _ = small_structure()
+    vals = torch.rand(2, s.col.shape[0], dtype=D)
+    x = torch.randn(1, 2, 6, 3, dtype=D)
+    with pytest.raises(RuntimeError, match="reads value vector 2 of 2"):
+        triton_mixprop.mixprop(x, s, vals, ((False, 2),), 2, 0.1)
+    with pytest.raises(RuntimeError, match="does not fit x"):
+        triton_mixprop.mixprop(torch.randn(1, 2, 5, 3, dtype=D), s, vals, HYPERGRAPH_HOPS, 2, 0.1)
+    with pytest.raises(RuntimeError, match="one block per sample"):
+        triton_mixprop.mixprop(x, s._replace(blocks=3), vals, HYPERGRAPH_HOPS, 2, 0.1)
+    wide = structure.from_ell(torch.tensor([[0, 1], [2, 3]]), torch.ones(2, 2), 4)   # 2 x 4: no chain
+    with pytest.raises(RuntimeError, match="do not chain"):
+        triton_mixprop.mixprop(torch.randn(1, 1, 4, 2), wide, torch.ones(1, 4), ((False, 0),), 1, 0.1)
+
+
+@pytest.mark.parametrize("backend,device", TRITON_PATHS)
+def test_triton_fused_mixprop_passes_opcheck(backend, device):
+    s, g = small_structure()
+    index = [t.to(device) for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
+    vals = torch.rand(2, s.col.shape[0], generator=g, dtype=D).to(device).requires_grad_()
+    x = torch.randn(2, 3, 6, 4, generator=g, dtype=D).to(device).requires_grad_()
+    config = ([0, 1], [0, 1], -1, 2, 0.1)
+    torch.library.opcheck(torch.ops.sthfast.mixprop_forward_triton.default, (*index, vals, x, *config),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
 # --------------------------------------------------------------------------- memory at large N

@@ -1,9 +1,9 @@
 """The ``sparse`` backend: O(N k) structures and gathers, no ``N x N`` tensor anywhere.
 
-:func:`backend_ops` assembles the model's ops from two interchangeable pieces, a top-k search and a
-sparse-times-dense kernel pair, so that the ``triton`` backend (:mod:`sthfast.backends.triton`) reuses every
-structure builder and propagation here and swaps only those kernels. The ``sparse`` pieces are
-torch's own: the tiled search of :mod:`.topk_neighbors`, CSR ``torch.sparse.mm`` and
+:func:`backend_ops` assembles the model's ops from two interchangeable pieces, a top-k search and
+either a sparse-times-dense kernel pair or a fused MixProp, so that the ``cpp``, ``triton`` and
+``faiss`` backends reuse every structure builder and propagation here and swap only those kernels.
+The ``sparse`` pieces are torch's own: the tiled search of :mod:`.topk_neighbors`, CSR ``torch.sparse.mm`` and
 ``torch.sparse.sampled_addmm`` (MKL / cuSPARSE, multi-threaded), so ``sparse`` runs on any device.
 """
 
@@ -55,12 +55,14 @@ def _sampled(row_ptr: Tensor, row: Tensor, col: Tensor, a: Tensor, b: Tensor) ->
 spmm = define_spmm("sparse", _rows, _sampled)
 
 
-def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
+def backend_ops(topk: Callable[..., Tensor], spmm: Callable[..., Tensor] | None = None,
                 fused: Callable[..., Tensor] | None = None) -> dict[str, Callable]:
-    """The structure / propagation ops of :mod:`sthfast.ops` built on ``spmm`` and ``topk``
-    (``topk(query, key, k, metric, self_first, approximate) -> [..., N, k]``); the MixProps run
-    step by step through ``spmm``, or with a ``fused`` MixProp kernel
-    (:func:`sthfast.backends.extension.mixprop`) (see :mod:`.mixprop`)."""
+    """The structure / propagation ops of :mod:`sthfast.ops` built on ``topk`` (``topk(query, key,
+    k, metric, self_first, approximate) -> [..., N, k]``); the MixProps run step by step through
+    ``spmm`` or with a ``fused`` MixProp (:func:`sthfast.backends.fused_mixprop.call`'s signature
+    less its first argument), one of the two (see :mod:`.mixprop`)."""
+    if (spmm is None) == (fused is None):
+        raise ValueError("backend_ops takes a sparse product or a fused MixProp, one of the two")
     propagator = (mixprop.fused(fused) if fused is not None
                   else functools.partial(mixprop.by_steps, spmm))
 
@@ -96,7 +98,7 @@ def backend_ops(spmm: Callable[..., Tensor], topk: Callable[..., Tensor],
 
 
 topk = define_topk("sparse", topk_neighbors.topk_neighbors)
-OPS = backend_ops(spmm, topk)
+OPS = backend_ops(topk, spmm=spmm)
 
 
 def on_cpu_or_cuda(device: torch.device) -> bool:

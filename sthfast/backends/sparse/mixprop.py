@@ -62,7 +62,8 @@ def by_steps(spmm: Spmm, x: Tensor, s: SparseRows, values: Sequence[Tensor], hop
 
 def fused(mixprop: Callable[..., Tensor]) -> Propagator:
     """A propagator running the whole chain in one ``mixprop(x, s, values [V, nnz], hops, depth,
-    beta)`` call (:func:`sthfast.backends.extension.mixprop`); it has no per-hop stages."""
+    beta)`` call (:func:`sthfast.backends.extension.mixprop` on the CPU,
+    :func:`sthfast.backends.triton.mixprop.mixprop` on CUDA); it has no per-hop stages."""
     def run(x: Tensor, s: SparseRows, values: Sequence[Tensor], hops: Hops, depth: int, beta: float,
             stages: Sequence[str] = ()) -> Tensor:
         return mixprop(x, s, torch.stack(list(values)), hops, depth, beta)

@@ -1,5 +1,5 @@
-"""What every kernel launch needs: the accumulator type for a dtype, and the tensors' device made
-current (Triton launches on the current CUDA device, not on the tensors')."""
+"""What every kernel launch needs: the accumulator type for a dtype, the tensors' device made
+current (Triton launches on the current CUDA device, not on the tensors'), and the register cap."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import contextlib
 import torch
 import triton.language as tl
 from torch import Tensor
+
+
+MAX_REGISTERS = 255
+"""``maxnreg`` of every launch: left to itself, ptxas stops some kernels at 128 registers and spills
+a few bytes; allowed the architecture's 255, it uses what they need (tests/test_triton_aot.py)."""
 
 
 def accumulator(dtype: torch.dtype):

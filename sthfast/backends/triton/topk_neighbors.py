@@ -15,15 +15,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .launch import accumulator, on_device
+from .launch import MAX_REGISTERS, accumulator, on_device
 
-BIG_INDEX = 2**31 - 1
+BIG_INDEX = tl.constexpr(2**31 - 1)  # a constexpr: a plain global compiles only in the interpreter
 
 
 @triton.jit
-def _topk_kernel(q_ptr, k_ptr, out_ptr, N, M, D, K: tl.constexpr, KP: tl.constexpr,
+def _topk_kernel(q_ptr, k_ptr, out_ptr, N, M, D, K, KP: tl.constexpr,
                  BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                 L2: tl.constexpr, SELF_FIRST: tl.constexpr, ACC: tl.constexpr):
+                 L2: tl.constexpr, self_first, ACC: tl.constexpr):
     batch = tl.program_id(1).to(tl.int64)
     qs = (tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
     q_mask = qs < N
@@ -51,11 +51,10 @@ def _topk_kernel(q_ptr, k_ptr, out_ptr, N, M, D, K: tl.constexpr, KP: tl.constex
             else:
                 score -= tl.sum(q[:, None, :] * kt[None, :, :], axis=2)
         score = tl.where(m_mask[None, :] & (score == score), score, inf)  # NaN ranks last
-        if SELF_FIRST:
-            score = tl.where(qs[:, None] == ms[None, :], -inf, score)
+        score = tl.where((self_first != 0) & (qs[:, None] == ms[None, :]), -inf, score)
         new_v = tl.full([BLOCK_Q, KP], inf, dtype=ACC)
         new_i = tl.full([BLOCK_Q, KP], BIG_INDEX, dtype=tl.int32)
-        for j in tl.static_range(K):
+        for j in range(K):                # a loop, not unrolled: K up to N compiles in seconds
             tile_v = tl.min(score, axis=1)
             tile_i = tl.min(tl.where(score == tile_v[:, None], ms[None, :], BIG_INDEX), axis=1)
             run_v = tl.min(best_v, axis=1)
@@ -88,6 +87,6 @@ def topk_neighbors(query: Tensor, key: Tensor, k: int, metric: str = "l2",
         with on_device(q):
             _topk_kernel[(triton.cdiv(n, block_q), b)](
                 q, kk, out, n, kk.shape[1], d, K=k, KP=triton.next_power_of_2(k), BLOCK_Q=block_q,
-                BLOCK_M=block_m, BLOCK_D=min(16, triton.next_power_of_2(d)), L2=metric == "l2",
-                SELF_FIRST=self_first, ACC=accumulator(q.dtype))
+                BLOCK_M=block_m, BLOCK_D=16, L2=metric == "l2",
+                self_first=int(self_first), ACC=accumulator(q.dtype), maxnreg=MAX_REGISTERS)
     return out if batched else out[0]
