@@ -3,8 +3,10 @@ can run: the steps listed, exit 0) and its report. The steps themselves need a G
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -54,7 +56,27 @@ def test_the_report_names_the_device_and_tabulates_each_step():
     assert "Device: **NVIDIA H100 80GB HBM3**" in report
     assert "| build | the extension | failed | 3.0 |" in report
     assert "| hypergraph_mixprop (N = 207) | triton |" in report
-    assert "| auto | 0 | 8.0 | 4.2 |" in report
+    assert "| auto | 0 | 8.0 | 4.2 |  |" in report
     assert "| hypergraph_mixprop | triton | 207 | 32 | 0.5 | 0.1 |  |" in report
     assert "| hypergraph_mixprop | reference | 100000 | 2 |  |  | dense |" in report
     assert "skipped (10 s of the budget left)" in report
+
+
+def test_a_step_fails_when_one_of_its_runs_or_cases_failed():
+    validate = _validate()
+    assert validate.failures(dict(runs={"auto": dict(returncode=0), "triton": dict(returncode=1, error="boom")}))
+    assert validate.failures(dict(rows=[dict(op="x", ms=1.0), dict(op="y", error="RuntimeError: no")]))
+    assert not validate.failures(dict(rows=[dict(op="x", ms=1.0), dict(op="y", skipped="dense")]))
+
+
+def test_a_step_past_its_time_is_killed_with_its_children(tmp_path):
+    """The step and the process it started (as ``sthfast train`` or nvcc would be) both end."""
+    pid_file = tmp_path / "child.pid"
+    script = (f"import subprocess, time; child = subprocess.Popen(['sleep', '60']); "
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid)); print('started', flush=True); time.sleep(60)")
+    status, log = _validate().run_step([sys.executable, "-c", script], dict(os.environ), 3)
+    assert status == "timed out" and "started" in log
+    child = int(pid_file.read_text())
+    time.sleep(0.5)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert _validate().run_step([sys.executable, "-c", "print('fine')"], dict(os.environ), 30) == ("ok", "fine\n")

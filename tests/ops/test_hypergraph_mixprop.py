@@ -373,11 +373,13 @@ def _fused_against_steps(device, s, hops, x, depth=2, beta=0.1):
 
 GRAPH, GRAPH_T = ((False, 0),), ((True, 0),)
 # (hops, dtype, B, C, T): the launcher's 32 and 64 columns per program (float64: 64) under the
-# interpreter's 4 multiprocessors, both chains, both graph directions
+# interpreter's 4 multiprocessors, several column tiles per sample, both chains, both graph directions
 WIDTH_CASES = {"hypergraph-32": (HYPERGRAPH_HOPS, torch.float32, 1, 1, 4),
                "hypergraph-64": (HYPERGRAPH_HOPS, torch.float32, 8, 16, 4),
                "hypergraph-float64": (HYPERGRAPH_HOPS, torch.float64, 1, 16, 4),
-               "graph-32": (GRAPH, torch.float32, 2, 3, 4), "graph_t-float64": (GRAPH_T, torch.float64, 4, 16, 4)}
+               "hypergraph-5-tiles": (HYPERGRAPH_HOPS, torch.float32, 2, 13, 12),   # channels split across tiles
+               "graph-32": (GRAPH, torch.float32, 2, 3, 4), "graph-64": (GRAPH, torch.float32, 8, 16, 4),
+               "graph_t-float64": (GRAPH_T, torch.float64, 4, 16, 4)}
 
 
 @pytest.mark.parametrize("backend,device", TRITON_PATHS)

@@ -21,6 +21,7 @@ import concurrent.futures
 import importlib
 import inspect
 import json
+import multiprocessing
 import os
 import pkgutil
 import re
@@ -39,11 +40,14 @@ _PTR = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp
 @dataclass(frozen=True)
 class Launch:
     """One kernel specialisation: ``kernel`` as ``module:name``, ``signature`` (argument -> Triton
-    type, ``constexpr`` for those given in ``constexprs``) and the launch options."""
+    type, ``constexpr`` for those given in ``constexprs``), the arguments a GPU launch would
+    specialise as divisible by 16 (``divisible``: 16-byte aligned tensors, integers that are
+    multiples of 16, as Triton's JIT does) and the launch options."""
 
     kernel: str
     signature: tuple[tuple[str, str], ...]
     constexprs: tuple[tuple[str, object], ...]
+    divisible: tuple[str, ...] = ()
     num_warps: int = 4
     num_stages: int = 3
     maxnreg: int | None = None
@@ -54,8 +58,8 @@ class Launch:
     @classmethod
     def from_json(cls, data: dict) -> "Launch":
         return cls(data["kernel"], tuple(map(tuple, data["signature"])),
-                   tuple((k, _decode(v)) for k, v in data["constexprs"]), data["num_warps"], data["num_stages"],
-                   data["maxnreg"])
+                   tuple((k, _decode(v)) for k, v in data["constexprs"]), tuple(data["divisible"]),
+                   data["num_warps"], data["num_stages"], data["maxnreg"])
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ def _type_of(value) -> str:
     if isinstance(value, torch.Tensor):
         return "*" + _PTR[str(value.dtype).removeprefix("torch.")]
     if isinstance(value, bool):
-        return "i1"
+        return "u1"
     if isinstance(value, int):
         return "i32" if -2**31 <= value < 2**31 else "i64"
     if isinstance(value, float):
@@ -114,8 +118,17 @@ def describe(fn, args: tuple, kwargs: dict) -> Launch:
     constexpr = {p.name for p in params if "constexpr" in str(p.annotation)}
     signature = tuple((p.name, "constexpr" if p.name in constexpr else _type_of(given[p.name])) for p in params)
     constexprs = tuple((name, given[name]) for name, kind in signature if kind == "constexpr")
-    return Launch(f"{fn.__module__}:{fn.__name__}", signature, constexprs, kwargs.get("num_warps", 4),
+    divisible = tuple(name for name, kind in signature if kind != "constexpr" and _divisible(given[name]))
+    return Launch(f"{fn.__module__}:{fn.__name__}", signature, constexprs, divisible, kwargs.get("num_warps", 4),
                   kwargs.get("num_stages", 3), kwargs.get("maxnreg"))
+
+
+def _divisible(value) -> bool:
+    import torch  # noqa: PLC0415
+
+    if isinstance(value, torch.Tensor):
+        return value.data_ptr() % 16 == 0
+    return isinstance(value, int) and not isinstance(value, bool) and value % 16 == 0
 
 
 OPTIONS = ("num_warps", "num_stages", "maxnreg")      # launch options, not kernel arguments
@@ -138,6 +151,20 @@ def start_recording() -> None:
 
     recording_run._records = True
     InterpretedFunction.run = recording_run
+
+
+MIN_TRITON = (3, 9)      # the compiler API used here (name-keyed constexprs, get_ptxas(arch), knobs)
+
+
+def unsupported() -> str | None:
+    """Why this Triton cannot compile ahead of time here, or None."""
+    import triton  # noqa: PLC0415
+
+    version = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
+    if version < MIN_TRITON:
+        return (f"ahead-of-time compilation uses Triton >= {'.'.join(map(str, MIN_TRITON))}'s compiler API "
+                f"(this is {triton.__version__})")
+    return None
 
 
 def kernels() -> list[str]:
@@ -183,7 +210,9 @@ def compile_launch(launch: Launch, arch: int) -> Report:
 
     module, name = launch.kernel.split(":")
     fn = getattr(importlib.import_module(module), name)
-    source = ASTSource(fn=fn, signature=dict(launch.signature), constexprs=dict(launch.constexprs))
+    names = [name for name, _ in launch.signature]
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in launch.divisible}
+    source = ASTSource(fn=fn, signature=dict(launch.signature), constexprs=dict(launch.constexprs), attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=launch.num_warps, num_stages=launch.num_stages,
                                            **({} if launch.maxnreg is None else {"maxnreg": launch.maxnreg})))
@@ -197,7 +226,8 @@ def compile_launch(launch: Launch, arch: int) -> Report:
 def compile_launches(launches: list[Launch], targets: tuple[int, ...] = TARGETS) -> list[Report]:
     """Every launch for every target, one compiler process per core (in launch order)."""
     jobs = [(launch, arch) for launch in launches for arch in targets]
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
+    workers, spawn = min(len(jobs), os.cpu_count() or 1) or 1, multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
         return list(pool.map(compile_launch, *zip(*jobs))) if jobs else []
 
 

@@ -108,20 +108,22 @@ def _rows_update(dst, src, coef, rows, T, cols, fmask, ACCUMULATE: tl.constexpr,
 
 
 @triton.jit
-def _mixprop_forward_kernel(x, out, mid, vals, beta, a_ptr, a_idx, a_map, a_val, a_rows, b_ptr, b_idx, b_map, b_val,
+def _mixprop_forward_kernel(x, out, mid, vals, beta_ptr, a_ptr, a_idx, a_map, a_val, a_rows, b_ptr, b_idx, b_map, b_val,
                             C, N, T, depth, per_sample, A_MAP: tl.constexpr, B_MAP: tl.constexpr,
                             TWO_HOPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr,
                             ACC: tl.constexpr):
     """Program (sample s, column tile): the whole MixProp of its columns. Hop a maps the N nodes onto
     ``a_rows`` rows (the hyperedges, or the nodes again for a one-hop graph); hop b (TWO_HOPS) maps
-    them back. ``per_sample``: 1 for a block-diagonal structure (block s serves sample s), else 0."""
+    them back. ``per_sample``: 1 for a block-diagonal structure (block s serves sample s), else 0.
+    ``beta_ptr``: beta in ACC (a float argument would be float32 even for float64 data)."""
+    beta = tl.load(beta_ptr)
     s = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f < C * T
     node_cols = (f // T).to(tl.int64) * N * T + f % T
     mid_cols = (f // T).to(tl.int64) * a_rows * T + f % T
     block = s * per_sample
-    panel = C * N * T                                     # one [C, N, T] sample of x or step of out
+    panel = C.to(tl.int64) * N * T                        # one [C, N, T] sample of x or step of out (int64)
     x_s = x + s * panel
     mid_s = mid + s * C * a_rows * T
     out_s = out + s * (depth + 1) * panel
@@ -140,7 +142,7 @@ def _mixprop_forward_kernel(x, out, mid, vals, beta, a_ptr, a_idx, a_map, a_val,
 
 
 @triton.jit
-def _mixprop_backward_kernel(grad, out, grad_x, g_now, g_next, mid, grad_mid, vals, grad_vals, beta,
+def _mixprop_backward_kernel(grad, out, grad_x, g_now, g_next, mid, grad_mid, vals, grad_vals, beta_ptr,
                              a_ptr, a_idx, a_map, a_val, a_rows, at_ptr, at_idx, at_map,
                              b_ptr, b_idx, b_map, b_val, bt_ptr, bt_idx, bt_map,
                              C, N, T, depth, per_sample, A_MAP: tl.constexpr, AT_MAP: tl.constexpr,
@@ -151,13 +153,14 @@ def _mixprop_backward_kernel(grad, out, grad_x, g_now, g_next, mid, grad_mid, va
     forward's steps in ``out``. ``g_now`` / ``g_next`` (``[B, C, N, T]``, ACC) hold dL/dh_j, two so
     that a hop never reads the rows it writes; ``grad_x`` (ACC, zeros) sums ``beta`` dL/dh_j and dL/dh_0.
     ``a*`` / ``b*`` are the hops' forward CSR views, ``at*`` / ``bt*`` their transposes."""
+    beta = tl.load(beta_ptr)
     s = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f < C * T
     node_cols = (f // T).to(tl.int64) * N * T + f % T
     mid_cols = (f // T).to(tl.int64) * a_rows * T + f % T
     block = s * per_sample
-    panel = C * N * T
+    panel = C.to(tl.int64) * N * T
     grad_s = grad + s * (depth + 1) * panel
     out_s = out + s * (depth + 1) * panel
     gx = grad_x + s * panel
@@ -282,7 +285,7 @@ def forward(row_ptr: Tensor, col: Tensor, col_ptr: Tensor, t_col: Tensor, from_t
     block_f = _block_f(b, c * t, x.device, acc == tl.float64)
     with on_device(x):
         _mixprop_forward_kernel[(b, triton.cdiv(c * t, block_f))](
-            x, out, mid, vals, float(beta), *_view_args(plan.a, col), plan.a_val, plan.a_rows,
+            x, out, mid, vals, vals.new_full((1,), beta), *_view_args(plan.a, col), plan.a_val, plan.a_rows,
             *_view_args(plan.b, col), plan.b_val, c, n, t, depth, plan.per_sample, A_MAP=plan.a[2] is not None,
             B_MAP=plan.b[2] is not None, TWO_HOPS=plan.two_hops, BLOCK_R=BLOCK_R, BLOCK_F=block_f, ACC=acc,
             maxnreg=MAX_REGISTERS)
@@ -305,12 +308,13 @@ def backward(grad: Tensor, out: Tensor, row_ptr: Tensor, col: Tensor, col_ptr: T
         return grad_vals.to(vals.dtype), grad_x.to(out.dtype)
     plan = _plan(row_ptr, col, col_ptr, t_col, from_t, work, (b, c, n, t), hop_transpose, hop_value, blocks)
     g_now, g_next = torch.empty_like(grad_x), torch.empty_like(grad_x)
-    mid_shape = (b, c, plan.a_rows, t) if plan.two_hops else (1,)
-    mid, grad_mid = work.new_empty(mid_shape), work.new_empty(mid_shape)
+    middle = (b, c, plan.a_rows, t)
+    grad_mid = work.new_empty(middle if plan.two_hops else (1,))
+    mid = work.new_empty(middle if plan.two_hops and need_vals else (1,))    # hop b's input, recomputed
     block_f = _block_f(b, c * t, out.device, acc == tl.float64)
     with on_device(out):
         _mixprop_backward_kernel[(b, triton.cdiv(c * t, block_f))](
-            grad, out, grad_x, g_now, g_next, mid, grad_mid, work, grad_vals, float(beta),
+            grad, out, grad_x, g_now, g_next, mid, grad_mid, work, grad_vals, work.new_full((1,), beta),
             *_view_args(plan.a, col), plan.a_val, plan.a_rows, *_view_args(plan.at, col),
             *_view_args(plan.b, col), plan.b_val, *_view_args(plan.bt, col), c, n, t, depth, plan.per_sample,
             A_MAP=plan.a[2] is not None, AT_MAP=plan.at[2] is not None, B_MAP=plan.b[2] is not None,

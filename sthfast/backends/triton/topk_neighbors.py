@@ -3,9 +3,10 @@ tiles of BLOCK_M, and keeps a running top-K (value, index) list in registers; no
 
 Scores are computed elementwise per pair (squared distance or negated inner product, summed over
 the feature axis in chunks of BLOCK_D, in float32 or float64), never with a matrix-multiply unit, so
-identical points score identically; NaN scores rank last. The running list is merged with a tile by K passes of ``min`` + ``where``
-(``tl.topk`` does not define the order of ties): on equal scores the smaller index wins, and the
-running list (earlier, smaller indices) beats the tile.
+identical points score identically; NaN scores rank last. The running list is merged with a tile by
+K passes of ``min`` + ``where`` (``tl.topk`` does not define the order of ties): on equal scores the
+smaller index wins, and the running list (earlier, smaller indices) beats the tile. K is a loop
+bound, not a constexpr: unrolled, K = 40 took ptxas minutes and spilled.
 """
 
 from __future__ import annotations
