@@ -1,6 +1,6 @@
 """The whole model on each fast path (CPU and CUDA) against the reference model: outputs and every
-parameter's gradient on real LOS-LOOP windows, for the graph / hypergraph combinations that take
-different ops. The ops one by one: tests/ops/."""
+parameter's gradient on real LOS-LOOP windows (under Triton's interpreter, their first 11 nodes),
+for the graph / hypergraph combinations that take different ops. The ops one by one: tests/ops/."""
 
 from __future__ import annotations
 
@@ -31,14 +31,14 @@ def los_windows():
 @pytest.mark.parametrize("graph,hypergraph", [("adaptive", "adaptive"), ("static", "dynamic"),
                                               ("none", "binary")])
 def test_model_equals_the_reference_model(small_config, los_windows, monkeypatch, backend, device, graph, hypergraph):
-    if interpreted(backend, device):
-        pytest.skip("the whole model at N = 207 takes minutes in Triton's interpreter: compiled on CUDA only")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)     # CUDA convolutions in full float32
     x, adjacency = los_windows
+    if interpreted(backend, device):   # all 207 nodes take minutes in Triton's interpreter: its first 11
+        x, adjacency = x[:, :, :11], adjacency[:11, :11]
     results = {}
     for name, dev in ((backend, device), ("reference", "cpu")):
         torch.manual_seed(0)
-        config = small_config(num_nodes=207, graph=graph, hypergraph=hypergraph, backend=name)
+        config = small_config(num_nodes=x.shape[2], graph=graph, hypergraph=hypergraph, backend=name)
         model = STHSepNet(config, adjacency=adjacency if graph == "static" else None).to(dev)
         y = model(x.to(dev))
         weighted_sum(y).backward()
