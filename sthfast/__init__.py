@@ -4,12 +4,29 @@
 ``train`` / ``evaluate`` / ``predict`` (with ``TrainConfig``) are the main job, :mod:`sthfast.data` the
 readers, :mod:`sthfast.ops` the dispatch point of the ops and :mod:`sthfast.reference` their
 reference twins.
+
+The names are imported on first use (torch and the training loop take seconds to import; the
+command line's help needs neither).
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .config import STHSepNetConfig  # noqa: E402
-from .model import STHSepNet  # noqa: E402
-from .training import TrainConfig, evaluate, predict, train  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {"STHSepNetConfig": "config", "STHSepNet": "model", "TrainConfig": "train_config",
+            "train": "training", "evaluate": "evaluation", "predict": "evaluation"}
 
 __all__ = ["STHSepNet", "STHSepNetConfig", "TrainConfig", "__version__", "evaluate", "predict", "train"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

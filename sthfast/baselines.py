@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data.calendar import calendar, seasonal_profile
 from .data.windows import SplitData
 
 BASELINES = ("last_value", "seasonal_average", "linear")
@@ -26,16 +25,15 @@ class LastValue:
 
 
 class SeasonalAverage:
-    """Mean of the training split at the same time of day and weekday; where that slot never occurs
-    in training, the same time of day; else the node's training mean. The slots come from the
-    timestamps, else from the step index (:func:`sthfast.data.calendar.calendar`)."""
+    """The training split's seasonal profile at every step (:meth:`SplitData.seasonal_profile`,
+    the rule the model's seasonal residual uses): the mean at the same time of day and weekday
+    (at the same time of day when the split holds few weeks); where a slot never occurs in
+    training, the same time of day; else the node's training mean. The slots come from the split's
+    calendar (timestamps, else the step index)."""
 
-    def __init__(self, data: SplitData, steps_per_day: int | None = None):
-        series = data.series
-        values = series.values[:, :, data.target_feature].astype(np.float64)   # [T, N]
-        cal = calendar(series, steps_per_day)
-        table = seasonal_profile(values[:data.boundaries[0]], cal)             # [7 per_day, N]
-        week_slot = cal.weekday * cal.per_day + cal.day_slot
+    def __init__(self, data: SplitData):
+        table = data.seasonal_profile(has_weekday=True)                        # [7 per_day, N]
+        week_slot = data.calendar.slots(weekly=True)
         self.forecast_by_step = torch.from_numpy(table[week_slot].astype(np.float32))  # [T, N]
         self.seq_len = data.test.seq_len
 
@@ -74,7 +72,7 @@ class LinearBaseline:
         return pred * self.std + self.mean
 
 
-def fit_baselines(data: SplitData, steps_per_day: int | None = None) -> dict:
+def fit_baselines(data: SplitData) -> dict:
     """The three baselines fitted on ``data``'s training split (missing values are NaN there)."""
-    return {"last_value": LastValue(data), "seasonal_average": SeasonalAverage(data, steps_per_day),
+    return {"last_value": LastValue(data), "seasonal_average": SeasonalAverage(data),
             "linear": LinearBaseline(data)}

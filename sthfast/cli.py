@@ -3,6 +3,7 @@
 The flags of ``train`` are generated from the fields of :class:`TrainConfig` and
 :class:`STHSepNetConfig` (names, types, defaults, choices and help), so flags and config fields are
 one set. Model flags override only when given; ``num_nodes`` and ``in_features`` come from the data.
+Building the parser imports no torch (``sthfast --help`` is quick); each command imports what it runs.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import typing
 import warnings
 from typing import Any
 
+from .backends import BACKENDS
 from .config import STHSepNetConfig
-
-# Imported lazily by the commands (torch and transformers are slow to import).
-TRAINING = "sthfast.training"
+from .train_config import DATA_FIELDS, TRAIN_MODEL_DEFAULTS, TrainConfig
 
 
 def _flag(name: str) -> str:
@@ -69,9 +69,21 @@ def _optional(kind):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .training import DATA_FIELDS, TRAIN_MODEL_DEFAULTS, TrainConfig  # noqa: PLC0415
+def add_profile_flags(parser: argparse.ArgumentParser) -> None:
+    """The profiler's flags (``sthfast profile`` and ``python/profile_hypergraph.py``)."""
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="synthetic inputs at N nodes (by default LOS-LOOP windows, N = 207)")
+    parser.add_argument("--batch", type=int, default=32, help="training batch size")
+    parser.add_argument("--seq-len", type=int, default=12, help="input and forecast steps")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="op backend of the model")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per scenario, after a warm-up")
+    parser.add_argument("--chart", default="hypergraph_profile.png", help="PNG chart of the stages")
+    parser.add_argument("--trace", default=None, help="write a Chrome trace of one training batch")
+    parser.add_argument("--json", default=None, help="also write the table as JSON (for RESULTS.md)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model (for tests)")
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sthfast", description="STH-SepNet, fast: train, evaluate and "
                                      "forecast on sensor networks.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,13 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also forecast from every window of the series (window_forecasts [W, H, N])")
     predict.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-    from . import profiler  # noqa: PLC0415
-
-    profile = commands.add_parser("profile", help="per-stage latency of the forward pass (streaming, "
-                                  "training batch, static graph): table and PNG chart",
-                                  description=profiler.__doc__.split("\n\n")[0],
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    profiler.add_arguments(profile)
+    profile_help = ("per-stage latency of the forward pass (streaming, training batch, static graph): "
+                    "table and PNG chart")
+    profile = commands.add_parser("profile", help=profile_help, description=profile_help[0].upper() + profile_help[1:]
+                                  + " (sthfast.profiler).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_profile_flags(profile)
 
     info = commands.add_parser("info", help="versions, usable backends, default backbone, model size")
     info.add_argument("--model", action="store_true",
@@ -152,25 +162,27 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         run(args, args.invocation)
         return 0
-    from . import training  # noqa: PLC0415
+    from . import evaluation  # noqa: PLC0415
 
     if args.command == "train":
+        from .training import train  # noqa: PLC0415
+
         values = vars(args)
-        train_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
-        tc = training.TrainConfig(**{k: v for k, v in values.items() if k in train_fields})
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        tc = TrainConfig(**{k: v for k, v in values.items() if k in train_fields})
         overrides = {k: v for k, v in values.items()
                      if k in {f.name for f in dataclasses.fields(STHSepNetConfig)}}
-        summary = training.train(tc, **overrides)
+        summary = train(tc, **overrides)
         if summary is None:                    # a rank > 0 of a DDP run: rank 0 reports
             return 0
         print(f"\ntest metrics ({summary['protocol']} protocol, {summary['seq_len']} -> "
               f"{summary['pred_len']}, best epoch {summary['best_epoch']}), run folder {tc.out}:")
-        print(training.format_table(summary["test"]))
+        print(evaluation.format_table(summary["test"]))
     elif args.command == "evaluate":
-        result = training.evaluate(args.checkpoint, args.data, args.device)
-        print(json.dumps(result, indent=2) if args.json else training.format_table(result))
+        result = evaluation.evaluate(args.checkpoint, args.data, args.device)
+        print(json.dumps(result, indent=2) if args.json else evaluation.format_table(result))
     elif args.command == "predict":
-        result = training.predict(args.checkpoint, args.data, args.out, args.device, args.all_windows)
+        result = evaluation.predict(args.checkpoint, args.data, args.out, args.device, args.all_windows)
         print(f"wrote {args.out}: forecast {list(result['forecast'].shape)}"
               + (f", window_forecasts {list(result['window_forecasts'].shape)}" if args.all_windows else ""))
     return 0

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-BACKENDS = ("auto", "gloo", "nccl")
+from .train_config import DIST_BACKENDS
+
 DDP = torch.nn.parallel.DistributedDataParallel
 # every rank builds the same buffers from the data: DDP need not broadcast them at every step
 # (torch >= 2.13 names the flag forward_sync_buffers; broadcast_buffers warns there)
@@ -38,6 +39,19 @@ class Launch:
     rank: int
     world_size: int
     local_rank: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a ``--device`` value names: ``'auto'`` is CUDA where available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but no CUDA device is available")
+    return device
 
 
 def launched(env: dict[str, str] | None = None) -> Launch | None:
@@ -72,8 +86,8 @@ def rank_device(device: torch.device, local_rank: int) -> torch.device:
 
 def choose_backend(backend: str, device: torch.device) -> str:
     """``backend`` ('auto': NCCL on CUDA, gloo on CPUs), checked against ``device``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"dist_backend={backend!r} is not one of {list(BACKENDS)}")
+    if backend not in DIST_BACKENDS:
+        raise ValueError(f"dist_backend={backend!r} is not one of {list(DIST_BACKENDS)}")
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":

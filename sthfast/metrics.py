@@ -1,10 +1,12 @@
-"""Masked forecast metrics accumulated over a whole split (sums, not means of batch means)."""
+"""Masked forecast metrics accumulated over a whole split (sums, not means of batch means), and the
+masked training loss."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 MAPE_THRESHOLD = 1e-4
@@ -70,3 +72,19 @@ class ForecastMetrics:
 
     def mae_by_step(self) -> list[float]:
         return [float(a / c) if c else math.nan for a, c in zip(self.abs, self.count)]
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str = "mse",
+                delta: float = 1.0, denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared (``kind='mse'``), absolute (``'mae'``) or Huber (``'huber'``: squared / 2 below
+    ``delta``, absolute above) error over the valid entries only (missing targets carry no loss):
+    the error sum over ``denominator``, by default the number of valid entries (under DDP
+    :meth:`~sthfast.distributed.Ranks.loss_denominator`)."""
+    diff = torch.where(valid, pred - torch.nan_to_num(target), torch.zeros_like(pred))
+    if kind == "huber":
+        error = F.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=delta)
+    elif kind in ("mse", "mae"):
+        error = diff.square() if kind == "mse" else diff.abs()
+    else:
+        raise ValueError(f"kind={kind!r} is not 'mae', 'mse' or 'huber'")
+    return error.sum() / (valid.sum().clamp_min(1) if denominator is None else denominator)

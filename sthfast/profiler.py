@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .backends import BACKENDS
+from .cli import add_profile_flags
 from .config import STHSepNetConfig
 from .model import STHSepNet
 from .profiling import PREFIX, STAGES, table_rows
@@ -128,31 +128,17 @@ def chart(results: dict[str, dict[str, float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The profiler's flags (``sthfast profile`` and ``python/profile_hypergraph.py``)."""
-    parser.add_argument("--nodes", type=int, default=None,
-                        help="synthetic inputs at N nodes (by default LOS-LOOP windows, N = 207)")
-    parser.add_argument("--batch", type=int, default=32, help="training batch size")
-    parser.add_argument("--seq-len", type=int, default=12, help="input and forecast steps")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="op backend of the model")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per scenario, after a warm-up")
-    parser.add_argument("--chart", default="hypergraph_profile.png", help="PNG chart of the stages")
-    parser.add_argument("--trace", default=None, help="write a Chrome trace of one training batch")
-    parser.add_argument("--json", default=None, help="also write the table as JSON (for RESULTS.md)")
-    parser.add_argument("--tiny", action="store_true", help="a tiny model (for tests)")
-
-
 def main(argv: list[str] | None = None, command: str = "sthfast profile") -> dict[str, dict[str, float]]:
     """Parse ``argv``, profile every scenario, print the table, write the chart (and JSON); returns
     scenario -> stage -> median ms. ``command`` is how the JSON says it was run."""
     parser = argparse.ArgumentParser(prog=command, description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    add_arguments(parser)
+    add_profile_flags(parser)
     return run(parser.parse_args(argv), command + " " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, dict[str, float]]:
-    """The profile for parsed flags (see :func:`add_arguments`)."""
+    """The profile for parsed flags (see :func:`sthfast.cli.add_profile_flags`)."""
     for flag in ("batch", "seq_len", "repeats"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

@@ -133,8 +133,8 @@ def test_seasonal_profile_falls_back_to_the_time_of_day_then_the_node_mean(tmp_p
 
 
 def test_train_adds_the_calendar_channels_and_fits_the_profile_as_the_baseline(tiny_backbones, tmp_path):
+    from sthfast import TrainConfig, train
     from sthfast.checkpoint import load_checkpoint
-    from sthfast.training import TrainConfig, train
 
     tc = TrainConfig(data="embedded", protocol="standard", epochs=1, max_batches=1, batch_size=4,
                      out=str(tmp_path / "run"), plots=False, threads=1)
@@ -162,7 +162,8 @@ def test_train_adds_the_calendar_channels_and_fits_the_profile_as_the_baseline(t
 
 @pytest.mark.parametrize("weekly", [True, False])
 def test_the_profile_is_weekly_only_from_enough_training_weeks(small_config, tmp_path, weekly):
-    from sthfast.training import PROFILE_MIN_WEEKS, fit_seasonal_profile
+    """The one rule (:func:`training_profile`) that the model's residual and the baseline read."""
+    from sthfast.data.calendar import PROFILE_MIN_WEEKS
 
     weeks = PROFILE_MIN_WEEKS / 0.7 + (0.5 if weekly else -0.5)       # the training split is 70 %
     steps = int(weeks * 7 * PER_DAY)
@@ -171,15 +172,15 @@ def test_the_profile_is_weekly_only_from_enough_training_weeks(small_config, tmp
     path = tmp_path / "weeks.npz"
     np.savez(path, data=values)
     series = load_series(path)
-    model = STHSepNet(calendar_config(small_config, seasonal_residual=True))
-    data = prepare(series, model.config.seq_len, model.config.pred_len)
-    fit_seasonal_profile(model, data, PER_DAY)
     cal = calendar(series, PER_DAY)
+    data = prepare(series, 12, 12, cal=cal)
+    profile = data.seasonal_profile(has_weekday=True)
     train = series.values[:data.boundaries[0], :, 0].astype(np.float64)
     table = seasonal_profile(train, cal) if weekly else np.tile(seasonal_profile(train, cal, weekly=False), (7, 1))
-    mean, std = (t.numpy() for t in data.target_scale())
-    assert np.allclose(model.seasonal.profile.numpy() * std + mean, table, atol=1e-5)
-    saturday_ahead = model.seasonal.profile[5 * PER_DAY].mean() > model.seasonal.profile[0].mean() + 0.5
+    assert np.allclose(profile, table, atol=1e-5)
+    assert profile is data.seasonal_profile(has_weekday=True)                  # computed once
+    assert np.allclose(SeasonalAverage(data).forecast_by_step.numpy(), table[cal.slots(weekly=True)], atol=1e-5)
+    saturday_ahead = profile[5 * PER_DAY].mean() > profile[0].mean() + 0.5
     assert bool(saturday_ahead) is weekly
 
 
@@ -188,7 +189,10 @@ def test_the_profile_is_weekly_only_from_enough_training_weeks(small_config, tmp
     ("noise", False, True), ("cycle", True, True), ("cycle on a wandering level", True, False)])
 def test_train_turns_the_seasonal_residual_on_where_the_profile_beats_node_means_and_last_reading(
         tmp_path, kind, beats_means, beats_last):
-    from sthfast.training import TrainConfig, model_config, seasonal_residual_helps
+    from sthfast import TrainConfig
+    from sthfast.auto_rules import seasonal_residual_helps
+    from sthfast.data.windows import split_boundaries
+    from sthfast.training import model_config
 
     steps = 10 * 7 * PER_DAY
     rng = np.random.default_rng(0)
@@ -200,20 +204,23 @@ def test_train_turns_the_seasonal_residual_on_where_the_profile_beats_node_means
     path = tmp_path / "series.npz"
     np.savez(path, data=values.astype(np.float32))
     tc = TrainConfig(data=str(path), protocol="standard", steps_per_day=PER_DAY)
-    config, tc_used = model_config(load_series(path), tc, {})
+    series = load_series(path)
+    cal, boundaries = calendar(series, PER_DAY), split_boundaries(steps, tc.split_fractions())
+    config, tc_used = model_config(series, cal, boundaries, tc, {})
     seasonal = beats_means and beats_last
     assert config.seasonal_residual is seasonal
     assert (config.time_of_day_channel is not None) is seasonal            # the calendar only when needed
     assert tc_used.time_features == ("time_of_day,day_of_week" if seasonal else tc.time_features)
     for given in (True, False):                                             # a flag overrides the rule
-        assert model_config(load_series(path), tc, {"seasonal_residual": given})[0].seasonal_residual is given
-    _, errors = seasonal_residual_helps(load_series(path), tc, 0, True, config.pred_len)
+        assert model_config(series, cal, boundaries, tc, {"seasonal_residual": given})[0].seasonal_residual is given
+    _, errors = seasonal_residual_helps(series.values[:, :, 0].astype(np.float64), boundaries, cal, True,
+                                        config.pred_len)
     assert (errors["profile"] < errors["node means"], errors["profile"] < errors["last reading"]) == (
         beats_means, beats_last)
 
 
 def test_last_readings_carry_the_latest_valid_reading_over_gaps():
-    from sthfast.training import last_readings
+    from sthfast.auto_rules import last_readings
 
     nan = np.nan
     values = np.array([[nan, 1.0], [2.0, nan], [nan, nan], [3.0, 4.0], [nan, 5.0]])
@@ -223,7 +230,7 @@ def test_last_readings_carry_the_latest_valid_reading_over_gaps():
 
 def test_gaps_in_the_inputs_read_as_the_profile_under_the_seasonal_residual(small_config, tmp_path):
     from sthfast.data import model_inputs
-    from sthfast.training import fill_gaps_with_profile, fit_seasonal_profile
+    from sthfast.evaluation import with_seasonal_gaps
 
     steps = 3 * 7 * PER_DAY
     values = np.random.default_rng(0).random((steps, 11)).astype(np.float32)
@@ -231,19 +238,22 @@ def test_gaps_in_the_inputs_read_as_the_profile_under_the_seasonal_residual(smal
     np.savez(tmp_path / "gaps.npz", data=values)
     series = load_series(tmp_path / "gaps.npz")
     model = STHSepNet(calendar_config(small_config, seasonal_residual=True))
-    data = prepare(series, model.config.seq_len, model.config.pred_len, time_features=("time_of_day", "day_of_week"),
-                   steps_per_day=PER_DAY)
-    fit_seasonal_profile(model, data, PER_DAY)
-    scaled = data.train.scaled
-    before = scaled.clone()
-    fill_gaps_with_profile(scaled, series, model, PER_DAY)
     cal = calendar(series, PER_DAY)
-    week_slot = cal.weekday * PER_DAY + cal.day_slot
+    data = prepare(series, model.config.seq_len, model.config.pred_len, time_features=("time_of_day", "day_of_week"),
+                   cal=cal)
+    mean, std = (t.numpy() for t in data.target_scale())
+    model.set_seasonal_profile((data.seasonal_profile(has_weekday=True) - mean) / std)
+    before = data.inputs.clone()
+    scaled = with_seasonal_gaps(data.inputs, series, cal, model)
+    assert torch.equal(data.inputs, before)                                      # a new tensor, the splits' unchanged
+    filled = data.with_inputs(scaled)
+    assert filled.train.scaled is filled.val.scaled is filled.test.scaled is scaled
+    week_slot = cal.slots(weekly=True)
     gaps = np.isnan(values)
     assert torch.equal(scaled[..., 0][torch.from_numpy(~gaps)], before[..., 0][torch.from_numpy(~gaps)])
     expected = model.seasonal.profile[torch.from_numpy(week_slot)][torch.from_numpy(gaps)]
     assert torch.equal(scaled[..., 0][torch.from_numpy(gaps)], expected) and expected.abs().min() > 0
     assert torch.equal(scaled[..., 1:], before[..., 1:])                          # calendar channels untouched
     plain = model_inputs(series, data.scaler)
-    fill_gaps_with_profile(plain, series, STHSepNet(small_config()), PER_DAY)     # no residual: gaps stay 0
+    assert with_seasonal_gaps(plain, series, cal, STHSepNet(small_config())) is plain   # no residual: gaps stay 0
     assert (plain[..., 0][torch.from_numpy(gaps)] == 0).all()

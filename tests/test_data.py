@@ -664,7 +664,7 @@ def test_nodes_unseen_in_training_are_kept_with_a_warning_and_the_pooled_scale(t
     assert torch.isfinite(x).all() and torch.isnan(y[..., 3]).all() and torch.isfinite(y[..., 1]).all()
     from sthfast.baselines import SeasonalAverage
 
-    assert torch.isfinite(SeasonalAverage(data, steps_per_day=10).forecast_by_step).all()
+    assert torch.isfinite(SeasonalAverage(data).forecast_by_step).all()
 
 
 def _write_npz(tmp_path, values):

@@ -26,7 +26,7 @@ from sthfast import TrainConfig, distributed, evaluate
 from sthfast.cli import main
 from sthfast.distributed import Ranks
 from sthfast.plots import PLOTS
-from sthfast.training import masked_loss
+from sthfast.metrics import masked_loss
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
             "--rdzv-endpoint", "localhost:0"]

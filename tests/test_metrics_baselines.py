@@ -8,6 +8,7 @@ import torch
 
 from sthfast.baselines import LastValue, LinearBaseline, SeasonalAverage
 from sthfast.data import SensorSeries, prepare
+from sthfast.data.calendar import calendar
 from sthfast.metrics import ForecastMetrics
 
 
@@ -53,8 +54,10 @@ def test_last_value_is_the_last_input_on_the_original_scale():
         np.testing.assert_allclose(pred[b].numpy(), np.repeat(raw[s + 5][None], 3, 0), rtol=1e-5)
 
 
-def test_seasonal_average_by_hand():
-    series = _series(steps=24 * 7 * 3)              # three weeks of hourly data
+@pytest.mark.parametrize("weeks, period", [(6, 24 * 7), (3, 24)])
+def test_seasonal_average_by_hand(weeks, period):
+    """By week slot from PROFILE_MIN_WEEKS (4) training weeks on, by hour of the day below."""
+    series = _series(steps=24 * 7 * weeks)          # hourly data; the training split is 70 %
     data = prepare(series, seq_len=6, pred_len=3)
     n_train = data.boundaries[0]
     raw = series.values[:, :, 0].astype(np.float64)
@@ -63,7 +66,7 @@ def test_seasonal_average_by_hand():
     for b, s in enumerate(starts.tolist()):
         for h in range(3):
             step = s + 6 + h
-            same = [t for t in range(n_train) if t % 168 == step % 168]
+            same = [t for t in range(n_train) if t % period == step % period]
             np.testing.assert_allclose(pred[b, h].numpy(), raw[same].mean(0), rtol=1e-5)
 
 
@@ -77,8 +80,8 @@ def test_seasonal_average_falls_back_to_time_of_day_then_node_mean():
     step = int(starts[0]) + 6
     same_hour = [t for t in range(n_train) if t % 24 == step % 24]
     np.testing.assert_allclose(pred[0, 0].numpy(), raw[same_hour].mean(0), rtol=1e-5)
-    no_times = prepare(_series(steps=24 * 4, with_times=False), seq_len=6, pred_len=3)
-    pred = SeasonalAverage(no_times, steps_per_day=24)(x, starts, 3)
+    no_times = _series(steps=24 * 4, with_times=False)
+    pred = SeasonalAverage(prepare(no_times, seq_len=6, pred_len=3, cal=calendar(no_times, 24)))(x, starts, 3)
     np.testing.assert_allclose(pred[0, 0].numpy(), raw[same_hour].mean(0), rtol=1e-5)
 
 

@@ -148,7 +148,7 @@ def test_flags_are_the_config_fields(capsys):
 
     from sthfast import STHSepNetConfig
     from sthfast.cli import build_parser
-    from sthfast.training import DATA_FIELDS
+    from sthfast.train_config import DATA_FIELDS
 
     train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
     dests = {a.dest for a in train_parser._actions}
@@ -216,17 +216,16 @@ def test_early_stopping_best_checkpoint_and_milestones(tiny_backbones, tmp_path,
 
 
 def test_diverged_training_is_a_clear_error(tiny_backbones, tmp_path, monkeypatch):
-    import sthfast.training as training
+    from sthfast.metrics import ForecastMetrics
 
-    monkeypatch.setattr(training.ForecastMetrics, "result",
+    monkeypatch.setattr(ForecastMetrics, "result",
                         lambda self, horizons=(): {"all": {"mae": float("nan"), "rmse": 0.0, "mape": 0.0}})
     with pytest.raises(ValueError, match="validation MAE is nan after epoch 1: training diverged"):
         _tiny_train(tiny_backbones, tmp_path / "nan", epochs=1)
 
 
 def test_masked_losses_ignore_missing_targets():
-    from sthfast.metrics import valid_mask
-    from sthfast.training import masked_loss
+    from sthfast.metrics import masked_loss, valid_mask
 
     pred = torch.tensor([[1.0, 2.0, 3.0]])
     target = torch.tensor([[2.0, float("nan"), 0.0]])
@@ -253,13 +252,16 @@ def test_auto_loss_is_mae_on_the_embedded_speeds_and_is_recorded(tiny_backbones,
     assert saved["train_config"]["loss"] == auto["loss"] == "mae"
 
 
+@pytest.mark.filterwarnings("ignore:counts. 1 of 5 node")
 def test_auto_loss_is_huber_where_most_varying_nodes_are_mostly_zero():
     """30 training steps: node 0 reads 0 at 20 of them, node 1 at 10; node 2 is always 0, node 3
     has no reading, node 4 is always 5 (these three are left out). One of the two varying nodes
     is mostly zero: a half is not more than half, so MAE; the validation and test steps do not
     count; node 1 at 0 for 15 steps is not mostly zero, for 16 it is."""
-    from sthfast.data import SensorSeries
-    from sthfast.training import chosen_loss, masked_loss, mostly_zero_nodes
+    from sthfast.auto_rules import chosen_loss, mostly_zero_nodes
+    from sthfast.data import SensorSeries, prepare
+    from sthfast.metrics import masked_loss
+    from sthfast.training import resolved_loss
 
     values = np.ones((60, 5, 1), dtype=np.float32)
     values[:, 0], values[::3, 0], values[:30:3, 1] = 0, 1, 0
@@ -268,8 +270,10 @@ def test_auto_loss_is_huber_where_most_varying_nodes_are_mostly_zero():
     tc = TrainConfig(split="0.5,0.25,0.25")
 
     def share_and_loss(config=tc):
-        series = SensorSeries(values.copy(), "counts")
-        return mostly_zero_nodes(series, config, 0), chosen_loss(series, config, 0)
+        train_target = prepare(SensorSeries(values.copy(), "counts"), 2, 2, config.split_fractions()).train_target()
+        share = mostly_zero_nodes(train_target)
+        assert resolved_loss(config, train_target) == (chosen_loss(share) if config.loss == "auto" else config.loss)
+        return share, resolved_loss(config, train_target)
 
     assert share_and_loss() == (0.5, "mae")
     values[:30, 1] = np.where(np.arange(30) < 15, 0, 1)[:, None]
@@ -369,7 +373,6 @@ def test_bf16_default_is_on_only_for_bf16_cpus_from_48_steps(monkeypatch):
 
 def test_dead_nodes_are_kept_by_default_and_dropped_on_request(tiny_backbones, tmp_path):
     from sthfast.data import DataWarning
-    from sthfast.training import evaluate, predict
 
     rng = np.random.default_rng(0)
     values = (5 + np.sin(np.arange(400) / 10)[:, None] + rng.random((400, 6))).astype(np.float32)

@@ -31,6 +31,11 @@ class Calendar:
             raise ValueError(f"unknown time features {unknown}: choose from {list(TIME_FEATURES)}")
         return np.stack([columns[n] for n in names], -1).astype(np.float32).reshape(len(self.day_slot), len(names))
 
+    def slots(self, weekly: bool) -> np.ndarray:
+        """``[T]`` the row of a seasonal profile for every step: the week slot (``weekday *
+        per_day + day_slot``), or the time-of-day slot when not ``weekly``."""
+        return self.weekday * self.per_day + self.day_slot if weekly else self.day_slot
+
 
 def calendar(series: SensorSeries, steps_per_day: int | None = None) -> Calendar:
     """Slots from the series' timestamps (their median interval sets the slot length), else from
@@ -65,8 +70,25 @@ def seasonal_profile(values: np.ndarray, cal: Calendar, weekly: bool = True) -> 
         day = np.where(np.isnan(day), np.nanmean(day, axis=1, keepdims=True), day)
     if not weekly:
         return day
-    week = _slot_means(values, (cal.weekday * cal.per_day + cal.day_slot)[:n], 7 * cal.per_day, None)
+    week = _slot_means(values, cal.slots(weekly=True)[:n], 7 * cal.per_day, None)
     return np.where(np.isnan(week), np.tile(day, (7, 1)), week)
+
+
+# a profile is by week slot only when the training split holds at least this many weeks (with n,
+# every training target is 1 / n of its own slot's mean, so its residual shrinks by sqrt((n - 1) / n)
+# against unseen data; with one week it would be zero)
+PROFILE_MIN_WEEKS = 4
+
+
+def training_profile(train_values: np.ndarray, cal: Calendar, has_weekday: bool) -> np.ndarray:
+    """The seasonal profile of a training split ``train_values [T', N]`` (original units, NaN =
+    missing), the one rule the seasonal residual, its ``auto`` choice and the seasonal-average
+    baseline share: with a weekday, ``[7 per_day, N]`` per-node means by week slot, or by time of
+    day repeated for every weekday when the split holds fewer than :data:`PROFILE_MIN_WEEKS` weeks;
+    else ``[per_day, N]`` (rows: :meth:`Calendar.slots`)."""
+    weekly = has_weekday and len(train_values) >= PROFILE_MIN_WEEKS * 7 * cal.per_day
+    table = seasonal_profile(train_values, cal, weekly=weekly)
+    return np.tile(table, (7, 1)) if has_weekday and not weekly else table
 
 
 def _slot_means(values: np.ndarray, slots: np.ndarray, num_slots: int, fallback) -> np.ndarray:

@@ -3,15 +3,16 @@ split only, and lazy sliding windows (one shared tensor, no copy of every window
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .calendar import calendar
+from .calendar import Calendar, calendar, training_profile
 from .formats import DataError, DataWarning, SensorSeries
 
 
@@ -72,10 +73,16 @@ class WindowDataset(Dataset):
         steps = starts[:, None] + torch.arange(self.seq_len + self.pred_len)  # [B, T + H]
         return (self.scaled[steps[:, :self.seq_len]], self.target[steps[:, self.seq_len:]], starts)
 
+    def reading(self, scaled: torch.Tensor) -> "WindowDataset":
+        """The same windows over other model inputs ``scaled [T, N, F']``."""
+        return WindowDataset(scaled, self.target, self.starts, self.seq_len, self.pred_len)
+
 
 @dataclass
 class SplitData:
-    """A series prepared for one protocol: the scaler and the train / val / test windows."""
+    """A series prepared for one protocol: the scaler, the train / val / test windows (one model
+    inputs tensor ``[T, N, F']`` that the three share) and what is derived from the series once and
+    read by every user: its calendar, the split boundaries, the training split's seasonal profile."""
 
     series: SensorSeries
     scaler: Scaler
@@ -84,11 +91,34 @@ class SplitData:
     test: WindowDataset
     target_feature: int
     boundaries: tuple[int, int]  # first val step, first test step
+    calendar: Calendar
+    _profiles: dict[bool, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The model inputs ``[T, N, F']`` of every split (:func:`model_inputs`)."""
+        return self.train.scaled
+
+    def with_inputs(self, inputs: torch.Tensor) -> "SplitData":
+        """The same splits over other model inputs ``[T, N, F']`` (e.g. with gaps filled)."""
+        return dataclasses.replace(self, train=self.train.reading(inputs), val=self.val.reading(inputs),
+                                   test=self.test.reading(inputs))
 
     def target_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean, std [N]`` of the target feature, to move forecasts between scales."""
         f = self.target_feature
         return torch.from_numpy(self.scaler.mean[:, f]), torch.from_numpy(self.scaler.std[:, f])
+
+    def train_target(self) -> np.ndarray:
+        """``[T', N]`` float64: the target feature over the training split, original units, NaN = missing."""
+        return self.series.values[:self.boundaries[0], :, self.target_feature].astype(np.float64)
+
+    def seasonal_profile(self, has_weekday: bool) -> np.ndarray:
+        """The training split's seasonal profile of the target (original units; computed once per
+        ``has_weekday``): :func:`~sthfast.data.calendar.training_profile`."""
+        if has_weekday not in self._profiles:
+            self._profiles[has_weekday] = training_profile(self.train_target(), self.calendar, has_weekday)
+        return self._profiles[has_weekday]
 
 
 def split_boundaries(steps: int, split: tuple[float, float, float]) -> tuple[int, int]:
@@ -104,25 +134,36 @@ def unseen_nodes(series: SensorSeries, split: tuple[float, float, float]) -> np.
 
 
 def model_inputs(series: SensorSeries, scaler: Scaler, time_features: tuple[str, ...] = (),
-                 steps_per_day: int | None = None) -> torch.Tensor:
+                 cal: Calendar | None = None) -> torch.Tensor:
     """``[T, N, F + len(time_features)]`` float32: the scaled series with missing inputs at 0 (the
-    node's training mean), then the calendar channels (same for every node), e.g.
-    ``("time_of_day", "day_of_week")``."""
+    node's training mean), then the calendar channels (same for every node) of ``cal`` (default:
+    ``calendar(series)``), e.g. ``("time_of_day", "day_of_week")``."""
     scaled = np.nan_to_num(scaler.transform(series.values), nan=0.0).astype(np.float32)
     if time_features:
-        channels = calendar(series, steps_per_day).features(tuple(time_features))   # [T, c]
+        channels = (cal or calendar(series)).features(tuple(time_features))   # [T, c]
         shape = (*scaled.shape[:2], channels.shape[1])
         scaled = np.concatenate([scaled, np.broadcast_to(channels[:, None, :], shape)], axis=2)
     return torch.from_numpy(np.ascontiguousarray(scaled))
 
 
+def fill_target_gaps(inputs: torch.Tensor, series: SensorSeries, feature: int, profile_by_step: torch.Tensor) -> torch.Tensor:
+    """``inputs [T, N, F']`` (:func:`model_inputs`) with ``profile_by_step [T, N]`` at the missing
+    readings of the target ``feature`` (a new tensor; the inputs are left as they are)."""
+    missing = torch.from_numpy(np.isnan(series.values[:, :, feature]))                  # [T, N]
+    if not missing.any():
+        return inputs
+    target = torch.where(missing, profile_by_step.to(inputs.dtype), inputs[..., feature])
+    return torch.cat([inputs[..., :feature], target.unsqueeze(-1), inputs[..., feature + 1:]], dim=-1)
+
+
 def prepare(series: SensorSeries, seq_len: int, pred_len: int,
             split: tuple[float, float, float] = (0.7, 0.1, 0.2), target_feature: int = 0,
             scaler: Scaler | None = None, time_features: tuple[str, ...] = (),
-            steps_per_day: int | None = None) -> SplitData:
+            cal: Calendar | None = None) -> SplitData:
     """Split chronologically, fit the scaler on the training steps (or use ``scaler``, e.g. a
-    checkpoint's), build the windows; the inputs get the calendar channels ``time_features``
-    (:func:`model_inputs`).
+    checkpoint's), build the windows; the inputs get the calendar channels ``time_features`` of
+    ``cal``, the series' calendar (default: ``calendar(series)``, 288 steps a day when the series
+    has no timestamps; :func:`model_inputs`).
 
     A window belongs to the split that holds all of its ``pred_len`` targets; validation and test
     inputs may reach back into the previous split (as BasicTS and the authors do). A node with no
@@ -153,9 +194,10 @@ def prepare(series: SensorSeries, seq_len: int, pred_len: int,
     elif scaler.mean.shape != series.values.shape[1:]:
         raise DataError(f"{series.source}: the scaler is for [N, F] = {list(scaler.mean.shape)}, "
                         f"the data has {list(series.values.shape[1:])}")
-    scaled_t = model_inputs(series, scaler, time_features, steps_per_day)
+    cal = cal or calendar(series)
+    inputs = model_inputs(series, scaler, time_features, cal)
     target = torch.from_numpy(np.ascontiguousarray(series.values[:, :, target_feature]))
-    sets = {name: WindowDataset(scaled_t, target, np.arange(max(lo, 0), hi + 1), seq_len, pred_len)
+    sets = {name: WindowDataset(inputs, target, np.arange(max(lo, 0), hi + 1), seq_len, pred_len)
             for name, (lo, hi) in ranges.items()}
     return SplitData(series, scaler, sets["train"], sets["val"], sets["test"], target_feature,
-                     (first_val, first_test))
+                     (first_val, first_test), cal)
