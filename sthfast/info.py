@@ -37,6 +37,12 @@ def report(model_nodes: int | None = None) -> str:
             small, large = ops.resolve(op, "auto", d), ops.resolve(op, "auto", d, ops.FAISS_MIN_POINTS)
             picks.append(f"{d}: {small}" + (f" / {large}" if large != small else ""))
         lines.append(f"  {op:22s} {', '.join(picks)}")
+    lines += ["", "implementations per op (an alias runs another backend's function):"]
+    for op in ops.OPS:
+        impls = ops.implementations(op)
+        own = [name for name, impl in impls.items() if impl.same_as is None]
+        aliases = [f"{name} = {impl.same_as}" for name, impl in impls.items() if impl.same_as is not None]
+        lines.append(f"  {op:22s} {', '.join(own)}" + (f" (aliases: {', '.join(aliases)})" if aliases else ""))
     lines += ["", "default backbone:"]
     try:
         from .nn.backbone import embedded_backbone_path  # noqa: PLC0415

@@ -36,11 +36,12 @@ def _why_not(op: str, backend: str, device: str) -> str | None:
 
 
 def fast_paths(op: str, devices: tuple[str, ...] = DEVICES, exclude: tuple[str, ...] = ()) -> list:
-    """``pytest.param(backend, device)`` for every fast path of ``op`` (not ``exclude``) on each
-    of ``devices``, with ids like ``sparse-cpu``."""
+    """``pytest.param(backend, device)`` for every fast path of ``op`` (not ``exclude``, nor an
+    alias of another backend's: ``Implementation.same_as``) on each of ``devices``, with ids like
+    ``sparse-cpu``."""
     params = []
     for device in devices:
-        for backend in ops.implementations(op):
+        for backend in ops.implementations(op, aliases=False):
             if backend == "reference" or backend in exclude or ONLY_ON.get(backend, device) != device:
                 continue
             why = _why_not(op, backend, device)

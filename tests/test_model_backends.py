@@ -12,8 +12,7 @@ from sthfast.testing import weighted_sum
 
 from backend_cases import fast_paths, interpreted
 
-# faiss's propagation is sparse's and its search is tested in tests/ops/test_topk_neighbors.py
-MODEL_PATHS = fast_paths("hypergraph_mixprop", exclude=("faiss",))
+MODEL_PATHS = fast_paths("hypergraph_mixprop")
 
 
 @pytest.fixture(scope="module")

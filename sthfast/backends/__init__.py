@@ -32,7 +32,9 @@ class Implementation:
     """``backend``'s ``fn`` for the op ``op`` (called with the op's arguments, positionally, after
     :mod:`sthfast.ops` checked them). ``auto`` takes it on the devices ``auto_on`` accepts, for
     point sets of at least ``min_points`` (neighbour searches); named, it runs wherever ``runs_on``
-    accepts (default: ``auto_on``; wider where ``auto`` should not pick it)."""
+    accepts (default: ``auto_on``; wider where ``auto`` should not pick it). ``same_as``: the
+    backend whose function this one runs (an alias, there so that naming ``backend`` works for
+    every op of a family): tests, ``sthfast info`` and benchmarks leave aliases out."""
 
     op: str
     backend: str
@@ -40,10 +42,11 @@ class Implementation:
     auto_on: DeviceTest = anywhere
     runs_on: DeviceTest | None = None
     min_points: int = 0
+    same_as: str | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in AUTO_ORDER:
-            raise ValueError(f"backend {self.backend!r} is not one of {list(AUTO_ORDER)}")
+        if self.backend not in AUTO_ORDER or self.same_as not in (None, *AUTO_ORDER):
+            raise ValueError(f"backend {self.backend!r} / same_as {self.same_as!r} is not one of {list(AUTO_ORDER)}")
 
     def runs(self, device) -> bool:
         return (self.runs_on or self.auto_on)(device)

@@ -152,7 +152,7 @@ def _implementations() -> tuple[Implementation, ...]:
             Implementation("pool_patch", "cuda", pool_patch, auto_on=runs_on_cuda),
             *(Implementation(op, "cpp", fused[op], auto_on=runs_on_cpu)
               for op in ("hypergraph_mixprop", "graph_mixprop")),
-            *(Implementation(op, "cpp", fused[op], auto_on=nowhere, runs_on=runs_on_cpu)
+            *(Implementation(op, "cpp", fused[op], auto_on=nowhere, runs_on=runs_on_cpu, same_as="sparse")
               for op in ("knn_hypergraph", "adaptive_graph", "static_graph")))
 
 

@@ -162,4 +162,4 @@ SEARCHES = ("topk_neighbors", "knn_hypergraph", "adaptive_graph")
 FROM_SPARSE = ("static_graph", "hypergraph_mixprop", "graph_mixprop")
 IMPLEMENTATIONS = (
     *(Implementation(op, "faiss", OPS[op], auto_on=runs_on, min_points=FAISS_MIN_POINTS) for op in SEARCHES),
-    *(Implementation(op, "faiss", OPS[op], auto_on=nowhere, runs_on=runs_on) for op in FROM_SPARSE))
+    *(Implementation(op, "faiss", OPS[op], auto_on=nowhere, runs_on=runs_on, same_as="sparse") for op in FROM_SPARSE))

@@ -13,8 +13,13 @@ reference works.
 Constructor ops (``knn_hypergraph``, ``adaptive_graph``) return a structure that the same
 backend's propagation op (``hypergraph_mixprop``, ``graph_mixprop``) understands: a dense tensor
 for ``reference``, :class:`sthfast.backends.sparse.SparseRows` for every other backend, so ``auto`` may
-resolve each op on its own. A backend registers both ops of a pair or neither (see :data:`PAIRS`;
-a test checks every registered backend).
+resolve each op on its own (a dense structure goes to the reference). A propagation op named with a
+backend of the other kind is an error that names the backends which build what it was given. A
+backend registers both ops of a pair or neither (see :data:`PAIRS`; a test checks every registered
+backend).
+
+An implementation may be an alias of another backend's (``Implementation.same_as``: ``cpp``'s
+structure builders are ``sparse``'s); :func:`implementations` leaves aliases out on request.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ def register(implementation: Implementation) -> None:
     _REGISTRY.setdefault(implementation.op, {})[implementation.backend] = implementation
 
 
-def implementations(op: str) -> dict[str, Implementation]:
-    """Backend name -> implementation of ``op``: every one registered, whether it runs here or not."""
-    return dict(_REGISTRY[op])
+def implementations(op: str, aliases: bool = True) -> dict[str, Implementation]:
+    """Backend name -> implementation of ``op``: every one registered, whether it runs here or not
+    (without ``aliases``: only those that run a function of their own)."""
+    return {name: impl for name, impl in _REGISTRY[op].items() if aliases or impl.same_as is None}
 
 
 def resolve(op: str, backend: str, device: torch.device | str, points: int = 0) -> str:
@@ -87,6 +93,26 @@ def _check_points(name: str, points: Tensor, k: int, keys: Tensor | None = None)
     count = (points if keys is None else keys).shape[-2]
     if not 1 <= k <= count:
         raise ValueError(f"k={k} neighbours asked for among {count} points: need 1 <= k <= {count}")
+
+
+def _propagation_backend(op: str, constructor: str, x: Tensor, structure, backend: str) -> str:
+    """The backend that propagates ``x`` over ``structure`` (built by ``constructor``) when asked
+    for ``backend``: ``auto`` takes the reference for a dense structure; a named backend must take
+    the structure's kind (dense: the reference's; :class:`SparseRows`: every other backend's)."""
+    if not isinstance(structure, (Tensor, sparse.SparseRows)):
+        raise ValueError(f"{op} propagates over what ops.{constructor} returns (a dense tensor or "
+                         f"SparseRows), got {type(structure).__name__}")
+    _check_fits(x, structure)
+    dense = isinstance(structure, Tensor)
+    if backend == "auto" and dense:
+        return "reference"
+    chosen = resolve(op, backend, x.device)
+    if (chosen == "reference") != dense:
+        builders = [name for name in _REGISTRY[constructor] if (name == "reference") == dense]
+        kind = "a dense tensor" if dense else "SparseRows"
+        raise ValueError(f"backend {chosen!r} cannot propagate over {kind}, which backend(s) {builders} build: "
+                         f"build the structure with ops.{constructor} on the backend that propagates over it")
+    return chosen
 
 
 def _check_fits(x: Tensor, structure) -> None:
@@ -141,8 +167,8 @@ def hypergraph_mixprop(x: Tensor, hypergraph, depth: int, beta: float, *,
                        backend: str = "auto") -> Tensor:
     """MixProp with ``P = D_v^-1 H D_e^-1 H^T``: ``x[B, C, N, T]`` -> ``[B, C (depth + 1), N, T]``;
     see :func:`sthfast.reference.hypergraph_mixprop`."""
-    _check_fits(x, hypergraph)
-    return _impl("hypergraph_mixprop", backend, x.device)(x, hypergraph, depth, beta)
+    chosen = _propagation_backend("hypergraph_mixprop", "knn_hypergraph", x, hypergraph, backend)
+    return _REGISTRY["hypergraph_mixprop"][chosen].fn(x, hypergraph, depth, beta)
 
 
 def adaptive_graph(m1: Tensor, m2: Tensor, k: int, alpha: float, *, backend: str = "auto"):
@@ -165,8 +191,8 @@ def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = F
                   backend: str = "auto") -> Tensor:
     """MixProp with ``P = D^-1 (A + I)`` (``A^T`` when ``transpose``): ``x[B, C, N, T]`` ->
     ``[B, C (depth + 1), N, T]``; see :func:`sthfast.reference.graph_mixprop`."""
-    _check_fits(x, graph)
-    return _impl("graph_mixprop", backend, x.device)(x, graph, depth, beta, transpose)
+    chosen = _propagation_backend("graph_mixprop", "adaptive_graph", x, graph, backend)
+    return _REGISTRY["graph_mixprop"][chosen].fn(x, graph, depth, beta, transpose)
 
 
 for _backend in (reference, sparse, extension, triton, faiss_search):

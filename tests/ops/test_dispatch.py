@@ -75,6 +75,33 @@ def test_every_backend_registers_both_ops_of_a_pair_and_those_built_on_sparse_al
         assert set(ops.implementations(constructor)) == set(ops.implementations(propagation)), (constructor, propagation)
 
 
+def test_aliases_name_the_backend_whose_function_they_run_and_are_left_out_on_request():
+    for op in ops.OPS:
+        everything, own = ops.implementations(op), ops.implementations(op, aliases=False)
+        assert set(own) <= set(everything) and "reference" in own
+        for name, impl in everything.items():
+            assert (name in own) is (impl.same_as is None)
+            assert impl.same_as is None or impl.same_as in own        # an alias of a backend of its own
+    assert ops.implementations("knn_hypergraph")["cpp"].same_as == "sparse"
+    assert ops.implementations("hypergraph_mixprop")["faiss"].same_as == "sparse"
+    assert "cpp" in ops.implementations("hypergraph_mixprop", aliases=False)
+
+
+def test_a_structure_of_the_other_kind_is_a_clear_error_naming_its_builders():
+    z, x = points(9, 4, torch.float32, seed=0), torch.randn(2, 3, 9, 5)
+    dense, rows = ops.knn_hypergraph(z, 3, backend="reference"), ops.knn_hypergraph(z, 3, backend="sparse")
+    with pytest.raises(ValueError, match=r"backend 'sparse' cannot propagate over a dense tensor, which backend\(s\) "
+                                         r"\['reference'\] build"):
+        ops.hypergraph_mixprop(x, dense, 2, 0.05, backend="sparse")
+    with pytest.raises(ValueError, match=r"backend 'reference' cannot propagate over SparseRows, which backend\(s\) "
+                                         r"\[.*'sparse'.*\] build: build the structure with ops.adaptive_graph"):
+        ops.graph_mixprop(x, ops.adaptive_graph(z, z, 2, 3.0, backend="sparse"), 2, 0.05, backend="reference")
+    with pytest.raises(ValueError, match="propagates over what ops.knn_hypergraph returns .* got list"):
+        ops.hypergraph_mixprop(x, [dense], 2, 0.05)
+    # auto propagates each kind with a backend that takes it
+    torch.testing.assert_close(ops.hypergraph_mixprop(x, dense, 2, 0.05), ops.hypergraph_mixprop(x, rows, 2, 0.05))
+
+
 def test_every_op_has_a_reference_with_its_name_and_every_record_is_filed_under_it():
     assert set(reference.OPS) == set(ops.OPS)
     for op in ops.OPS:
@@ -92,7 +119,8 @@ def test_probe_reports_every_optional_piece():
         optional_deps.probe("quantum")
 
 
-@pytest.mark.parametrize("backend", runnable("hypergraph_mixprop", exclude=("faiss", "triton")))
+# interpreted Triton does not compile
+@pytest.mark.parametrize("backend", runnable("hypergraph_mixprop", exclude=("triton",)))
 def test_construction_and_propagation_compile_as_one_graph(backend):
     """The fast paths' ops are custom ops or fixed-size torch ops: no graph break, forward or
     backward."""

@@ -158,8 +158,8 @@ def test_empty_hyperedges_and_isolated_nodes_contribute_nothing(backend, device)
 
 
 # the sparse product of the step-by-step propagation: only `sparse` multiplies step by step (cpp
-# and triton fuse whole MixProps, faiss searches with FAISS and multiplies with sparse's product)
-SPMM_PATHS = fast_paths("hypergraph_mixprop", exclude=("cpp", "faiss", "triton"))
+# and triton fuse whole MixProps; faiss's MixProp is an alias of sparse's)
+SPMM_PATHS = fast_paths("hypergraph_mixprop", exclude=("cpp", "triton"))
 
 
 @pytest.mark.parametrize("backend,device", SPMM_PATHS)
@@ -347,7 +347,7 @@ def test_without_the_extension_auto_falls_back_to_sparse(monkeypatch):
 # --------------------------------------------------------------------------- the fused MixProp (triton)
 
 
-TRITON_PATHS = fast_paths("hypergraph_mixprop", exclude=("cpp", "faiss", "sparse"))
+TRITON_PATHS = fast_paths("hypergraph_mixprop", exclude=("cpp", "sparse"))
 
 
 def _fused_against_steps(device, s, hops, x, depth=2, beta=0.1):
