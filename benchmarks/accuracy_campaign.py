@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import fnmatch
 import json
+import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -186,7 +186,8 @@ def main() -> None:
             print(f"{name}: failed ({done.returncode}), see {runs / name}.log", file=sys.stderr, flush=True)
             continue
         metrics = json.loads((out / "metrics.json").read_text())
-        metrics["campaign"] = {"commit": commit(), "command": shlex.join(cmd), "date": datetime.date.today().isoformat(),
+        metrics["campaign"] = {"commit": commit(), "command": shlex.join(cmd),
+                                   "date": datetime.date.today().isoformat(),
                                "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
         result.parent.mkdir(parents=True, exist_ok=True)
         result.write_text(json.dumps(metrics, indent=1) + "\n")

@@ -17,9 +17,9 @@ Flags after ``--`` go to every ``sthfast train`` (e.g. a smaller model for a qui
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import datetime
 import statistics
 import subprocess
 import sys
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from accuracy_campaign import commit, cpu_name
 
 
@@ -43,7 +42,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="the global batch (P must divide it)")
     parser.add_argument("--max-batches", type=int, default=30, help="global batches per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per case (the last one is reported)")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds over the P values, interleaved (medians reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the P values, interleaved (medians "
+                                                               "reported)")
     parser.add_argument("--json", default="benchmarks/ddp_throughput.json", help="where the results go")
     parser.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- then more `sthfast train` flags")
     args = parser.parse_args(argv)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     rounds = [[run_case(args, p) for p in args.processes] for _ in range(args.repeats)]   # interleaved
     cases = []
-    for i, p in enumerate(args.processes):
+    for i, _ in enumerate(args.processes):
         runs = [r[i] for r in rounds]
         cases.append({**runs[0], "samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
                       "samples_per_s_runs": [r["samples_per_s"] for r in runs],

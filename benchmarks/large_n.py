@@ -171,7 +171,7 @@ def main() -> None:
 
     import torch
 
-    from sthfast import optional_deps, ops
+    from sthfast import ops, optional_deps
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = [measure(spec) for spec in cases(args.quick)]

@@ -20,7 +20,7 @@ def have_basicts() -> bool:
     if importlib.util.find_spec("basicts") is None:
         return False
     try:
-        import basicts.models.STID  # noqa: F401, PLC0415
+        import basicts.models.STID  # noqa: F401
     except ImportError:
         return False
     return True
@@ -30,7 +30,7 @@ def stid(num_nodes: int, length: int):
     """``(model, forward)``: STID for ``length -> length`` steps over ``num_nodes`` series and
     ``forward(x [B, length, N, 1]) -> [B, length, N]`` with the calendar inputs it needs (the
     time of day and day of week of each step, as BasicTS feeds them: fractions in [0, 1))."""
-    from basicts.models.STID import STID, STIDConfig  # noqa: PLC0415
+    from basicts.models.STID import STID, STIDConfig
 
     config = STIDConfig(input_len=length, output_len=length, num_features=num_nodes, num_layers=3,
                         input_hidden_size=32, spatial_hidden_size=32, tid_hidden_size=32,

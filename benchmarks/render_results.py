@@ -67,8 +67,8 @@ def gpu_section(run: dict | None) -> list[str]:
 
 
 def large_n_section(run: dict) -> list[str]:
-    from sthfast.backends.faiss_search import APPROX_MIN_POINTS  # noqa: PLC0415
-    from sthfast.memory import hypergraph_stage_bytes  # noqa: PLC0415 (the documented model)
+    from sthfast.backends.faiss_search import APPROX_MIN_POINTS
+    from sthfast.memory import hypergraph_stage_bytes
 
     res = [r for r in run["results"] if "error" not in r or r["kind"] == "train_step"]
 
@@ -215,7 +215,7 @@ def model_section(run: dict) -> list[str]:
 
 
 def profile_section(runs: list[dict]) -> list[str]:
-    from sthfast.profiling import STAGES, table_rows  # noqa: PLC0415
+    from sthfast.profiling import STAGES, table_rows
 
     lines = ["## Hypergraph latency profile: where the forward pass's time goes", ""]
     for run in runs:

@@ -1,6 +1,7 @@
 """Throughput of every op and of the whole model: the fast paths, the dense reference, the
-authors' approach and, for the whole model, the peer (BasicTS's STID) (``authors_approach.py``), by N (207 LOS-LOOP / METR-LA, 358 PEMS03, 883 PEMS07,
-8,600 LargeST CA), backend and dtype, each case with its peak memory in ``extra_info``.
+authors' approach and, for the whole model, the peer (BasicTS's STID) (``authors_approach.py``),
+by N (207 LOS-LOOP / METR-LA, 358 PEMS03, 883 PEMS07, 8,600 LargeST CA), backend and dtype, each
+case with its peak memory in ``extra_info``.
 
     python -m pytest benchmarks/test_throughput.py -k test_op --benchmark-json=benchmarks/throughput.json
     python -m pytest benchmarks/test_throughput.py -k test_model --benchmark-json=benchmarks/model_step.json
@@ -19,13 +20,13 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
-import torch
-from conftest import call_peak_mib, own_peak_mib
-
 import authors_approach
 import peers
-from sthfast import STHSepNet, STHSepNetConfig, optional_deps, ops
+import pytest
+import torch
+from peak_memory import call_peak_mib, own_peak_mib
+
+from sthfast import STHSepNet, STHSepNetConfig, ops, optional_deps
 from sthfast.backends import extension
 from sthfast.testing import embeddings, features, series
 

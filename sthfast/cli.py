@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="forecast the steps after the end of a series")
     predict.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder")
     predict.add_argument("--data", required=True, help="series file ('embedded' for LOS-LOOP)")
-    predict.add_argument("--out", required=True, help="output .npz (forecast [H, N], timestamps; nodes: the data's node of each column after --drop-dead-nodes)")
+    predict.add_argument("--out", required=True, help="output .npz (forecast [H, N], timestamps; nodes: the data's "
+                                                      "node of each column after --drop-dead-nodes)")
     predict.add_argument("--all-windows", action="store_true",
                          help="also forecast from every window of the series (window_forecasts [W, H, N])")
     predict.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")

@@ -44,37 +44,60 @@ class STHSepNetConfig:
     target_feature: int = help_field(0, "Index of the feature that is forecast (0 <= target_feature < in_features).")
 
     # --- calendar (sthfast train sets the channels and slots_per_day from the data) --------------
-    time_of_day_channel: int | None = help_field(None, "Input feature holding the time of day as a fraction of the day (as --time-features writes it); needed by seasonal_residual and time_embedding_dim.")
-    day_of_week_channel: int | None = help_field(None, "Input feature holding the weekday / 7; without it the calendar has time-of-day slots only.")
+    time_of_day_channel: int | None = help_field(None, "Input feature holding the time of day as a fraction of the "
+                                                       "day (as --time-features writes it); needed by "
+                                                       "seasonal_residual and time_embedding_dim.")
+    day_of_week_channel: int | None = help_field(None, "Input feature holding the weekday / 7; without it the "
+                                                       "calendar has time-of-day slots only.")
     slots_per_day: int = help_field(288, "Time-of-day slots (steps per day) of the calendar channels.")
-    time_embedding_dim: int = help_field(0, "Width d of learned time-of-day and day-of-week embeddings appended to the spatial stream's input at every step (as STID); 0: none.")
-    seasonal_residual: bool = help_field(False, "Forecast the deviation from each node's seasonal profile (STHSepNet.set_seasonal_profile); sthfast train: 'auto', on where the data are seasonal (README).")
+    time_embedding_dim: int = help_field(0, "Width d of learned time-of-day and day-of-week embeddings appended to "
+                                            "the spatial stream's input at every step (as STID); 0: none.")
+    seasonal_residual: bool = help_field(False, "Forecast the deviation from each node's seasonal profile "
+                                                "(STHSepNet.set_seasonal_profile); sthfast train: 'auto', on where "
+                                                "the data are seasonal (README).")
 
     # --- temporal stream (pooled series -> patches -> LLM with LoRA) --------------------------
     patch_len: int = help_field(16, "Patch length P of the pooled series.")
     stride: int = help_field(8, "Patch stride S; the series end is replicate-padded by S.")
-    revin: bool = help_field(True, "Instance-normalise the pooled series (RevIN-style) before patching, undo after the head.")
-    temporal_groups: int = help_field(1, "Series the LLM reads: 1, the node average (the paper), or G learned regional series whose forecasts return to their nodes.")
-    backbone: str = help_field("minilm", "'minilm' (the embedded all-MiniLM-L6-v2) or a local Hugging Face model folder (BERT, GPT-2, LLaMA, Qwen, ...).")
-    llm_layers: int | None = help_field(None, "Keep only the first llm_layers transformer blocks of the backbone; None keeps all. More than the backbone has is an error.")
+    revin: bool = help_field(True, "Instance-normalise the pooled series (RevIN-style) before patching, undo after "
+                                   "the head.")
+    temporal_groups: int = help_field(1, "Series the LLM reads: 1, the node average (the paper), or G learned "
+                                         "regional series whose forecasts return to their nodes.")
+    backbone: str = help_field("minilm", "'minilm' (the embedded all-MiniLM-L6-v2) or a local Hugging Face model "
+                                         "folder (BERT, GPT-2, LLaMA, Qwen, ...).")
+    llm_layers: int | None = help_field(None, "Keep only the first llm_layers transformer blocks of the backbone; "
+                                              "None keeps all. More than the backbone has is an error.")
     lora_rank: int = help_field(8, "LoRA rank r; 0 disables LoRA (frozen backbone, no adapters).")
     lora_alpha: float = help_field(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = help_field(0.05, "Dropout on the LoRA branch input.")
-    lora_target_modules: list[str] | None = help_field(None, "Module names that get LoRA adapters; None uses peft's default for the backbone's architecture (query/value for BERT, c_attn for GPT-2, q_proj/v_proj for LLaMA).")
+    lora_target_modules: list[str] | None = help_field(None, "Module names that get LoRA adapters; None uses peft's "
+                                                             "default for the backbone's architecture (query/value "
+                                                             "for BERT, c_attn for GPT-2, q_proj/v_proj for LLaMA).")
     d_ff: int = help_field(32, "Hidden channels of the backbone output kept by the head (the first d_ff of d_llm).")
-    reprogramming: bool = help_field(False, "Reprogram patch embeddings onto text prototypes (cross-attention onto a learned linear map of the frozen word-embedding table), as the authors' code does.")
+    reprogramming: bool = help_field(False, "Reprogram patch embeddings onto text prototypes (cross-attention onto a "
+                                            "learned linear map of the frozen word-embedding table), as the authors' "
+                                            "code does.")
     d_model: int = help_field(16, "Patch-embedding width before reprogramming (used only with reprogramming).")
     n_heads: int = help_field(8, "Attention heads of the reprogramming layer.")
-    num_prototypes: int = help_field(1000, "Number of text prototypes the word-embedding table is mapped onto (reprogramming).")
-    prompt: bool = help_field(False, "Prepend a text prompt (tokenised once and cached) and a token of per-sample input statistics (min, max, median, trend, top-5 lags) to the patch tokens.")
-    prompt_domain: str = help_field("Sensor readings of a spatio-temporal network, averaged over all nodes.", "Dataset description used in the prompt.")
+    num_prototypes: int = help_field(1000, "Number of text prototypes the word-embedding table is mapped onto "
+                                           "(reprogramming).")
+    prompt: bool = help_field(False, "Prepend a text prompt (tokenised once and cached) and a token of per-sample "
+                                     "input statistics (min, max, median, trend, top-5 lags) to the patch tokens.")
+    prompt_domain: str = help_field("Sensor readings of a spatio-temporal network, averaged over all nodes.",
+                                    "Dataset description used in the prompt.")
 
     # --- spatial stream (MTGNN skeleton + adaptive hypergraph) -------------------------------
-    node_emb_dim: int = help_field(40, "Dimension d of the learned node embeddings (graph, hypergraph, node-wise gate).")
-    hyper_k: int = help_field(3, "Each node and its hyper_k - 1 nearest neighbours in embedding space form one hyperedge (the node itself included). Must be <= num_nodes.")
-    hyper_temperature: float = help_field(1.0, "Temperature of the membership softmax over minus the mean squared distance per embedding dimension (adaptive / dynamic hypergraph).")
-    hyper_order: str = help_field("fixed", "Hyperedge order: 'fixed' (hyper_k members, one temperature) or 'adaptive' (a learned temperature per hyperedge over its hyper_k candidates).", choices=("fixed", "adaptive"))
-    subgraph_size: int = help_field(20, "Neighbours kept per row of the first-order adaptive graph (capped at num_nodes).")
+    node_emb_dim: int = help_field(40, "Dimension d of the learned node embeddings (graph, hypergraph, node-wise "
+                                       "gate).")
+    hyper_k: int = help_field(3, "Each node and its hyper_k - 1 nearest neighbours in embedding space form one "
+                                 "hyperedge (the node itself included). Must be <= num_nodes.")
+    hyper_temperature: float = help_field(1.0, "Temperature of the membership softmax over minus the mean squared "
+                                               "distance per embedding dimension (adaptive / dynamic hypergraph).")
+    hyper_order: str = help_field("fixed", "Hyperedge order: 'fixed' (hyper_k members, one temperature) or 'adaptive' "
+                                           "(a learned temperature per hyperedge over its hyper_k candidates).",
+                                  choices=("fixed", "adaptive"))
+    subgraph_size: int = help_field(20, "Neighbours kept per row of the first-order adaptive graph (capped at "
+                                        "num_nodes).")
     tanh_alpha: float = help_field(3.0, "Saturation rate alpha of the tanh in the graph and hypergraph constructors.")
     conv_channels: int = help_field(32, "Channels of the dilated inception convolutions (a multiple of 4).")
     residual_channels: int = help_field(32, "Residual channels C of the spatial stream.")
@@ -85,18 +108,29 @@ class STHSepNetConfig:
     gcn_depth: int = help_field(2, "MixProp propagation depth (graph and hypergraph).")
     prop_alpha: float = help_field(0.05, "MixProp retain ratio beta: h_{j+1} = beta x + (1 - beta) P h_j.")
     dropout: float = help_field(0.1, "Dropout in the spatial stream, the patch embedding and the head.")
-    hypergraph: str = help_field("adaptive", "Hypergraph branch: 'adaptive' (trainable memberships), 'binary' (the authors' 0/1), 'dynamic' (per input window), 'none'.", choices=HYPERGRAPHS)
-    hyper_rebuild_every: int = help_field(1, "Search the hyperedges' neighbours every this many training steps, reusing the lists in between (README, Large networks).")
-    neighbor_search: str = help_field("exact", "'exact', or 'approximate': let FAISS use an inverted-file index for large node sets (recall tuned to about 0.97 per search; other backends stay exact).", choices=("exact", "approximate"))
-    graph: str = help_field("adaptive", "First-order graph branch: 'adaptive' (learned top-subgraph_size graph), 'static' (an adjacency given to the model), 'none'.", choices=GRAPHS)
+    hypergraph: str = help_field("adaptive", "Hypergraph branch: 'adaptive' (trainable memberships), 'binary' (the "
+                                             "authors' 0/1), 'dynamic' (per input window), 'none'.",
+                                 choices=HYPERGRAPHS)
+    hyper_rebuild_every: int = help_field(1, "Search the hyperedges' neighbours every this many training steps, "
+                                             "reusing the lists in between (README, Large networks).")
+    neighbor_search: str = help_field("exact", "'exact', or 'approximate': let FAISS use an inverted-file index for "
+                                               "large node sets (recall tuned to about 0.97 per search; other "
+                                               "backends stay exact).", choices=("exact", "approximate"))
+    graph: str = help_field("adaptive", "First-order graph branch: 'adaptive' (learned top-subgraph_size graph), "
+                                        "'static' (an adjacency given to the model), 'none'.", choices=GRAPHS)
 
     # --- fusion and output -----------------------------------------------------------------
-    fusion: str = help_field("gate", "Stream fusion: 'gate' (node-wise, O(N)), 'dense_gate' (the authors', O(N^2)), 'attention', 'lstm', 'spatial_only' (no LLM), 'temporal_only'.", choices=FUSIONS)
+    fusion: str = help_field("gate", "Stream fusion: 'gate' (node-wise, O(N)), 'dense_gate' (the authors', O(N^2)), "
+                                     "'attention', 'lstm', 'spatial_only' (no LLM), 'temporal_only'.", choices=FUSIONS)
     gate_hidden: int = help_field(64, "Hidden width of the node-wise gate, attention and LSTM fusions.")
-    gate_init: float = help_field(0.5, "Initial share of the temporal stream in the gate and dense_gate fusions (0 < share < 1; the gate's last bias starts at its logit).")
-    clamp: bool = help_field(False, "Clamp the output to the per-node training min / max (set with STHSepNet.set_clamp_range).")
-    check_inputs: bool = help_field(True, "Reject inputs with NaN or inf at every forward (one device-to-host sync per call; switch off in a tuned loop over checked data).")
-    backend: str = help_field("auto", "Op backend: 'auto' (the best per op and device: sthfast info lists it) or one of them by name (README, Backends).", choices=BACKENDS)
+    gate_init: float = help_field(0.5, "Initial share of the temporal stream in the gate and dense_gate fusions (0 < "
+                                       "share < 1; the gate's last bias starts at its logit).")
+    clamp: bool = help_field(False, "Clamp the output to the per-node training min / max (set with "
+                                    "STHSepNet.set_clamp_range).")
+    check_inputs: bool = help_field(True, "Reject inputs with NaN or inf at every forward (one device-to-host sync "
+                                          "per call; switch off in a tuned loop over checked data).")
+    backend: str = help_field("auto", "Op backend: 'auto' (the best per op and device: sthfast info lists it) or one "
+                                      "of them by name (README, Backends).", choices=BACKENDS)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_target_modules, str):

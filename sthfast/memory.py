@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from .backends.sparse.topk_neighbors import MARGIN   # candidates searched beyond k
+from .backends.sparse.topk_neighbors import MARGIN  # candidates searched beyond k
 
 WORKSPACE_BYTES = 300 << 20
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the headless backend)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from . import reference  # noqa: E402
-from .checkpoint import atomic_write  # noqa: E402
+from . import reference
+from .checkpoint import atomic_write
 
 PLOTS = ("forecast.png", "error_by_horizon.png", "training_curves.png", "hypergraph.png")
 MAX_HYPERGRAPH_NODES = 2000  # the picture uses the dense reference incidence

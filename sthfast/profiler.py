@@ -18,6 +18,8 @@ v2e / e2v parts show only with ``--backend sparse`` (or on GPUs, ``triton``).
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
 import sys
 import time
@@ -39,8 +41,8 @@ def inputs(nodes: int | None, batch: int, seq_len: int) -> tuple[torch.Tensor, t
     """``x [batch, T, N, 1]`` and an adjacency: LOS-LOOP windows and its road graph by default,
     else synthetic (about three edges per node)."""
     if nodes is None:
-        from sthfast.data import load_series, prepare
-        from sthfast.data.embedded import embedded_path
+        from .data import load_series, prepare  # noqa: PLC0415 (the data only for the default inputs)
+        from .data.embedded import embedded_path  # noqa: PLC0415
 
         data = prepare(load_series(embedded_path()), seq_len, seq_len)
         windows = len(data.train)
@@ -102,14 +104,14 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 
 def chart(results: dict[str, dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (only for the chart)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(10, 0.8 * len(results) + 2))
     cmap = plt.get_cmap("tab20")
-    for row, (name, r) in enumerate(results.items()):
+    for row, r in enumerate(results.values()):
         left = 0.0
         for j, s in enumerate(STAGES + ("backward",)):
             width = r.get(s, 0.0)
@@ -171,9 +173,6 @@ def run(args: argparse.Namespace, command: str) -> dict[str, dict[str, float]]:
     chart(results, Path(args.chart), f"STH-SepNet forward stages, N = {n}")
     print(f"\nchart: {args.chart}" + (f"; trace: {args.trace}" if args.trace else ""))
     if args.json:
-        import json
-        import platform
-
         from . import ops  # noqa: PLC0415
 
         meta = dict(nodes=n, seq_len=args.seq_len, batch=args.batch, backend=args.backend,

@@ -5,8 +5,12 @@ the same in every dtype); move the result to the device under test."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
+
+from . import ops
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -82,8 +86,6 @@ def mixprop_outputs_and_grads(backend: str, z: Tensor, x: Tensor, k: int = 3, de
     """``[y, dL/dx, dL/dz]`` (on the CPU; without ``dL/dz`` for a binary hypergraph) of
     ``backend``'s hypergraph MixProp over the k-NN hypergraph of ``z`` (built by
     ``structure_backend``, default ``backend``), on ``device``, for ``L = weighted_sum(y)``."""
-    from . import ops
-
     z = z.detach().to(device).requires_grad_(not binary)
     x = x.detach().to(device).requires_grad_()
     h = ops.knn_hypergraph(z, k, binary=binary, temperature=0.7, backend=structure_backend or backend)
@@ -100,3 +102,10 @@ def recall(found: Tensor, truth: Tensor, leave_out_first: bool = True) -> float:
     if leave_out_first:
         found, truth = found[:, 1:], truth[:, 1:]
     return (found.unsqueeze(2) == truth.unsqueeze(1)).any(1).float().mean().item()
+
+
+def block_count(module) -> int:
+    """Transformer blocks actually built in a (LoRA-wrapped) backbone: BERT ``layer.i``, GPT-2
+    ``h.i``, LLaMA ``layers.i``."""
+    pattern = re.compile(r"(?:^|\.)(?:layer|h|layers)\.(\d+)$")
+    return len({m.group(1) for name, _ in module.named_modules() if (m := pattern.search(name))})

@@ -44,37 +44,61 @@ class TrainConfig:
     """How to train: data, protocol, optimisation, run folder. The model's own hyper-parameters are
     an :class:`STHSepNetConfig` (``num_nodes`` and ``in_features`` come from the data)."""
 
-    data: str = help_field("embedded", "Series file (.npz, .h5, .csv) or 'embedded' (LOS-LOOP, shipped with the package).")
-    adjacency: str | None = help_field(None, "Adjacency file (.npy, .npz, .csv matrix or from,to,cost edge list) for graph='static'; default: the data file's own 'adj' if it has one.")
-    adjacency_weighting: str = help_field("binary", "Edge-list weights: 'binary', 'cost' (the third column as is) or 'gaussian' (exp(-(cost/std)^2)).", choices=WEIGHTINGS)
-    adjacency_ids: str | None = help_field(None, "Text file of sensor ids in node order, for edge lists that name ids (default: a .txt beside the .csv, if any).")
+    data: str = help_field("embedded", "Series file (.npz, .h5, .csv) or 'embedded' (LOS-LOOP, shipped with the "
+                                       "package).")
+    adjacency: str | None = help_field(None, "Adjacency file (.npy, .npz, .csv matrix or from,to,cost edge list) for "
+                                             "graph='static'; default: the data file's own 'adj' if it has one.")
+    adjacency_weighting: str = help_field("binary", "Edge-list weights: 'binary', 'cost' (the third column as is) or "
+                                                    "'gaussian' (exp(-(cost/std)^2)).", choices=WEIGHTINGS)
+    adjacency_ids: str | None = help_field(None, "Text file of sensor ids in node order, for edge lists that name ids "
+                                                 "(default: a .txt beside the .csv, if any).")
     csv_header: bool | None = help_field(None, "Whether a .csv series starts with a header row (default: guessed).")
-    steps_per_day: int | None = help_field(None, "Steps per day of the calendar when the data has no timestamps (step 0 is Monday midnight; default 288, 5-minute data).")
+    steps_per_day: int | None = help_field(None, "Steps per day of the calendar when the data has no timestamps (step "
+                                                 "0 is Monday midnight; default 288, 5-minute data).")
     data_key: str | None = help_field(None, "Array (npz) or group (h5) holding the series, if not the default.")
-    drop_dead_nodes: bool = help_field(False, "Leave out the nodes with no valid reading in the training split (default: keep them, with a warning naming them; they are forecast from the others).")
-    features: str | None = help_field(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow only).")
-    time_features: str | None = help_field(None, "Calendar channels appended to the inputs, comma-separated: time_of_day, day_of_week; added anyway when the seasonal residual or time embeddings read them.")
-    protocol: str = help_field("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.", choices=tuple(PROTOCOLS))
-    zeros_missing: bool | None = help_field(None, "Treat exact zeros as missing readings (masked in loss and metrics); default: the protocol's (standard: yes, paper: no).")
+    drop_dead_nodes: bool = help_field(False, "Leave out the nodes with no valid reading in the training split "
+                                              "(default: keep them, with a warning naming them; they are forecast "
+                                              "from the others).")
+    features: str | None = help_field(None, "Comma-separated feature channels to use (default all; PEMS0x.npz: flow "
+                                            "only).")
+    time_features: str | None = help_field(None, "Calendar channels appended to the inputs, comma-separated: "
+                                                 "time_of_day, day_of_week; added anyway when the seasonal residual "
+                                                 "or time embeddings read them.")
+    protocol: str = help_field("paper", "'paper' (48 -> 48, original scale, whole test set) or 'standard' (12 -> 12, "
+                                        "zeros masked, horizons 3/6/12). --seq-len / --pred-len override the lengths.",
+                               choices=tuple(PROTOCOLS))
+    zeros_missing: bool | None = help_field(None, "Treat exact zeros as missing readings (masked in loss and "
+                                                  "metrics); default: the protocol's (standard: yes, paper: no).")
     split: str = help_field("0.7,0.1,0.2", "Chronological train,val,test fractions.")
     epochs: int = help_field(30, "Maximum training epochs.")
-    batch_size: int = help_field(32, "Training batch size: the global batch; under torchrun each of the P processes takes batch_size / P of it (P must divide it).")
+    batch_size: int = help_field(32, "Training batch size: the global batch; under torchrun each of the P processes "
+                                     "takes batch_size / P of it (P must divide it).")
     eval_batch_size: int = help_field(64, "Evaluation batch size (per process under torchrun).")
-    max_batches: int | None = help_field(None, "Stop each training epoch after this many (global) batches (quick runs); default: the whole training split.")
-    loss: str = help_field("auto", "Training loss over the valid targets: 'mae' (masked MAE, as BasicTS), 'mse' (the authors'), 'huber' (between the two) or 'auto': Huber where over half of the varying nodes read 0 more than half the time, else MAE (README).", choices=LOSSES)
-    huber_delta: float = help_field(1.0, "Where the Huber loss turns from squared to absolute, in scaled units (standard deviations of the training split).")
+    max_batches: int | None = help_field(None, "Stop each training epoch after this many (global) batches (quick "
+                                               "runs); default: the whole training split.")
+    loss: str = help_field("auto", "Training loss over the valid targets: 'mae' (masked MAE, as BasicTS), 'mse' (the "
+                                   "authors'), 'huber' (between the two) or 'auto': Huber where over half of the "
+                                   "varying nodes read 0 more than half the time, else MAE (README).", choices=LOSSES)
+    huber_delta: float = help_field(1.0, "Where the Huber loss turns from squared to absolute, in scaled units "
+                                         "(standard deviations of the training split).")
     lr: float = help_field(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
     weight_decay: float = help_field(0.0, "Adam weight decay.")
-    milestones: str = help_field("5,20,40,70", "Epochs at which the learning rate is multiplied by lr_gamma (the authors' MultiStepLR).")
+    milestones: str = help_field("5,20,40,70", "Epochs at which the learning rate is multiplied by lr_gamma (the "
+                                               "authors' MultiStepLR).")
     lr_gamma: float = help_field(0.3, "Learning-rate decay factor at each milestone.")
     clip: float = help_field(5.0, "Gradient-norm clipping threshold (0 disables).")
     patience: int = help_field(10, "Early stopping: epochs without a better validation MAE before stopping.")
     seed: int = help_field(2021, "Random seed (weights, data order, dropout).")
-    device: str = help_field("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'; under torchrun each process takes cuda:LOCAL_RANK.")
-    dist_backend: str = help_field("auto", "Under torchrun: the process group's backend, 'auto' (NCCL between CUDA devices, gloo between CPUs), 'gloo' or 'nccl'.", choices=DIST_BACKENDS)
-    dist_timeout: float = help_field(600.0, "Under torchrun: seconds a process waits for the others in a collective before it fails (a stuck process stops the job instead of hanging it).")
-    bf16: bool | None = help_field(None, "bfloat16 autocast of the training forward; default on for CPUs with bfloat16 matrix instructions from seq_len 48 (README, Speed).")
-    compile: bool = help_field(False, "torch.compile the model for the training steps (inductor: the first step compiles, about a minute on 2 CPU cores; evaluation runs eagerly).")
+    device: str = help_field("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'; under torchrun "
+                                     "each process takes cuda:LOCAL_RANK.")
+    dist_backend: str = help_field("auto", "Under torchrun: the process group's backend, 'auto' (NCCL between CUDA "
+                                           "devices, gloo between CPUs), 'gloo' or 'nccl'.", choices=DIST_BACKENDS)
+    dist_timeout: float = help_field(600.0, "Under torchrun: seconds a process waits for the others in a collective "
+                                            "before it fails (a stuck process stops the job instead of hanging it).")
+    bf16: bool | None = help_field(None, "bfloat16 autocast of the training forward; default on for CPUs with "
+                                         "bfloat16 matrix instructions from seq_len 48 (README, Speed).")
+    compile: bool = help_field(False, "torch.compile the model for the training steps (inductor: the first step "
+                                      "compiles, about a minute on 2 CPU cores; evaluation runs eagerly).")
     threads: int | None = help_field(None, "CPU threads for torch (default: torch's choice).")
     out: str = help_field("runs/sthfast", "Run folder: checkpoints, metrics.json, log.jsonl, plots.")
     resume: bool = help_field(False, "Continue the run in --out from its last checkpoint (same data and config).")

@@ -26,7 +26,8 @@ def _why_not(op: str, backend: str, device: str) -> str | None:
         return "needs a CUDA device"
     if ops.implementations(op)[backend].runs(torch.device(device)):
         return None
-    return {("triton", "cpu"): "Triton runs on the CPU only under TRITON_INTERPRET=1, which conftest.py sets only without a GPU",
+    return {("triton", "cpu"): "Triton runs on the CPU only under TRITON_INTERPRET=1, which conftest.py sets only "
+                               "without a GPU",
             ("triton", "cuda"): f"needs Triton: {optional_deps.probe('triton').detail}",
             ("faiss", "cpu"): f"needs FAISS: {optional_deps.probe('faiss').detail}",
             ("faiss", "cuda"): "needs a GPU build of FAISS (pip install 'sthfast[faiss-gpu]')",

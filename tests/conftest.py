@@ -13,12 +13,12 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run on the CPU through the interpreter, which
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must be on before Triton is first imported
 
-import json  # noqa: E402
+import json
 
-import pytest  # noqa: E402
+import pytest
 
-from sthfast import STHSepNetConfig, optional_deps  # noqa: E402
-from sthfast.backends.triton import aot  # noqa: E402
+from sthfast import STHSepNetConfig, optional_deps
+from sthfast.backends.triton import aot
 
 
 def pytest_configure(config):
@@ -60,15 +60,6 @@ def _save_tiny(kind: str, path) -> None:
         words += [str(i) for i in range(100 - len(words))]
         (path / "vocab.txt").write_text("\n".join(words[:100]) + "\n")
         tf.BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-
-
-def block_count(module) -> int:
-    """Transformer blocks actually built in a (LoRA-wrapped) backbone: BERT ``layer.i``, GPT-2
-    ``h.i``, LLaMA ``layers.i``."""
-    import re
-
-    pattern = re.compile(r"(?:^|\.)(?:layer|h|layers)\.(\d+)$")
-    return len({m.group(1) for name, _ in module.named_modules() if (m := pattern.search(name))})
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 from sthfast import reference
 
 pytest.importorskip("sklearn")
-import authors_approach  # noqa: E402 (benchmarks/, on the tests' path by pyproject.toml; needs sklearn)
+import authors_approach
 
 
 @pytest.mark.parametrize("n,k", [(50, 3), (207, 3), (120, 5)])

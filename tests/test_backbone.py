@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import block_count
 
 from sthfast.nn.backbone import embedded_backbone_path, load_backbone
+from sthfast.testing import block_count
 
 
 def load(path, layers=None, rank=4, targets=None):

@@ -58,7 +58,8 @@ def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     results = tmp_path / "results" / "chickenpox"
     results.mkdir(parents=True)
     for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("with_seasonal-seed1", 1.5, 0.9),
-                           ("mse_loss-seed1", 0.6, 0.45), ("huber_loss-seed1", 0.6, 0.55), ("spatial_only-seed1", 0.4, 0.5)):
+                           ("mse_loss-seed1", 0.6, 0.45), ("huber_loss-seed1", 0.6, 0.55),
+                           ("spatial_only-seed1", 0.4, 0.5)):
         metrics = {**_metrics(mae, val), "campaign": {"commit": "abc1234", "date": "2026-12-03", "machine": "CPU"}}
         (results / f"{name}.json").write_text(json.dumps(metrics))
     text = _run(["benchmarks/accuracy_table.py", str(tmp_path / "results")]).stdout

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_cases import needs_cuda, runnable
 
 from sthfast import STHSepNet
 from sthfast.testing import weighted_sum
-
-from backend_cases import needs_cuda, runnable
 
 
 @pytest.mark.slow

@@ -110,7 +110,8 @@ def test_from_authors_args_parses_string_booleans_and_overrides(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         c = STHSepNetConfig.from_authors_args(args, fusion="gate", llm_layers=None)
-    assert (c.graph, c.hypergraph, c.fusion, c.backbone, c.llm_layers) == ("adaptive", "none", "gate", str(tmp_path), None)
+    assert (c.graph, c.hypergraph, c.fusion, c.backbone, c.llm_layers) == (
+        "adaptive", "none", "gate", str(tmp_path), None)
 
 
 @pytest.mark.parametrize("theirs, ours", [("adaptive", "dense_gate"), ("attentiongate", "attention"),

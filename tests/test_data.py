@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sthfast.data import (DataError, SensorSeries, WindowDataset, load_adjacency, load_series,
-                          prepare)
-
+from sthfast.data import DataError, SensorSeries, WindowDataset, load_adjacency, load_series, prepare
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -655,7 +653,8 @@ def test_nodes_unseen_in_training_are_kept_with_a_warning_and_the_pooled_scale(t
     values[:80, 1] = np.nan                                 # node 1 only reports in val / test
     values[:, 3] = 0.0                                      # node 3 is dead once zeros are missing
     series = load_series(_write_npz(tmp_path, values), zeros_missing=True)
-    with pytest.warns(DataWarning, match=r"2 of 4 node\(s\) have no valid reading in the training split \(steps 0..69\): \[1, 3\]"):
+    with pytest.warns(DataWarning, match=r"2 of 4 node\(s\) have no valid reading in the training split \(steps "
+                                         r"0..69\): \[1, 3\]"):
         data = prepare(series, 4, 2)
     train = values[:70, [0, 2]]
     assert np.allclose(data.scaler.mean[[1, 3], 0], train.mean(), atol=1e-5)     # the other nodes' pooled scale

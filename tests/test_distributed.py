@@ -25,8 +25,8 @@ import torch
 from sthfast import TrainConfig, distributed, evaluate
 from sthfast.cli import main
 from sthfast.distributed import Ranks
-from sthfast.plots import PLOTS
 from sthfast.metrics import masked_loss
+from sthfast.plots import PLOTS
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
             "--rdzv-endpoint", "localhost:0"]
@@ -50,7 +50,8 @@ def test_refusals_under_torchrun(tiny_backbones, tmp_path, monkeypatch, capsys):
     flags = ["train", "--data", "embedded", "--backbone", tiny_backbones["bert"], "--device", "cpu",
              "--out", str(tmp_path / "run")]
     assert main(flags + ["--batch-size", "5"]) == 2
-    assert "batch_size=5 is not divisible by the 2 processes: --batch-size is the global batch" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "batch_size=5 is not divisible by the 2 processes: --batch-size is the global batch" in error
     assert main(flags + ["--dist-backend", "nccl"]) == 2
     assert "dist_backend='nccl' runs between CUDA devices only" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -230,7 +231,7 @@ def test_a_killed_rank_stops_the_job_and_resume_ends_as_an_uninterrupted_run(tin
     _two(_flags(data, tiny_backbones["bert"], broken, *extra, "--resume"))
     a, b = (json.loads((run / "metrics.json").read_text()) for run in (whole, broken))
     assert a["test"] == b["test"]
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("train_seconds", "samples_per_s")} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("train_seconds", "samples_per_s")} for r in h]
     assert strip(a["history"]) == strip(b["history"])
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from backend_cases import needs_cpp, needs_cuda
 
 from sthfast.backends import extension
-
-from backend_cases import needs_cpp, needs_cuda
 
 
 @pytest.mark.gpu

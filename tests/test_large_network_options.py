@@ -192,7 +192,7 @@ def test_whole_model_at_44000_nodes_with_auto_allocates_no_n_by_n_tensor(small_c
 def test_memory_model_matches_a_measured_hypergraph_stage():
     """``sthfast.memory`` against the peak resident memory of construction + MixProp (forward and
     backward) at N = 20,000, measured in a fresh process by the benchmark's own code."""
-    import large_n                    # benchmarks/, on the tests' path by pyproject.toml
+    import large_n  # benchmarks/, on the tests' path by pyproject.toml
 
     from sthfast.memory import hypergraph_stage_bytes
 

@@ -41,7 +41,8 @@ def _series(steps=200, nodes=3, seed=0, with_times=True):
     rng = np.random.default_rng(seed)
     t = np.arange(steps)
     values = (10 + np.sin(2 * np.pi * t / 24)[:, None] * np.arange(1, nodes + 1) + rng.normal(0, 0.1, (steps, nodes)))
-    times = (np.datetime64("2024-01-01T00:00") + t * np.timedelta64(1, "h")).astype("datetime64[s]") if with_times else None
+    hours = np.datetime64("2024-01-01T00:00") + t * np.timedelta64(1, "h")
+    times = hours.astype("datetime64[s]") if with_times else None
     return SensorSeries(values[:, :, None].astype(np.float32), "synthetic", times)
 
 
@@ -105,5 +106,6 @@ def test_linear_baseline_equals_least_squares():
     torch.testing.assert_close(model.weight, direct, atol=1e-4, rtol=1e-3)
     xt, yt, st = data.test.batch(torch.arange(3))
     pred = model(xt, st, 3)
-    expected = (torch.cat([xt[..., 0].permute(0, 2, 1), torch.ones(3, 3, 1)], -1) @ direct).permute(0, 2, 1) * std + mean
+    design = torch.cat([xt[..., 0].permute(0, 2, 1), torch.ones(3, 3, 1)], -1)
+    expected = (design @ direct).permute(0, 2, 1) * std + mean
     torch.testing.assert_close(pred, expected, atol=1e-4, rtol=1e-4)

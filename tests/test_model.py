@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import block_count
-
 from sthfast import STHSepNet, STHSepNetConfig
 from sthfast.config import FUSIONS, GRAPHS, HYPERGRAPHS
+from sthfast.testing import block_count
 
 
 def batch(config, b=3, seed=0):

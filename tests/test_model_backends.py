@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_cases import fast_paths, interpreted
 
 from sthfast import STHSepNet
 from sthfast.testing import weighted_sum
-
-from backend_cases import fast_paths, interpreted
 
 MODEL_PATHS = fast_paths("hypergraph_mixprop")
 

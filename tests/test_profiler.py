@@ -1,5 +1,6 @@
-"""The latency profiler (``sthfast profile``, :mod:`sthfast.profiler`) on the embedded dataset: every scenario runs, its stage times add
-up to the measured forward pass, reuse skips construction, and the chart is written."""
+"""The latency profiler (``sthfast profile``, :mod:`sthfast.profiler`) on the embedded dataset: every
+scenario runs, its stage times add up to the measured forward pass, reuse skips construction, and the
+chart is written."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def test_a_launch_is_described_by_its_types_and_constexprs():
     import torch
     import triton.language as tl
 
-    def kernel(x, n, flag, BLOCK: "tl.constexpr", ACC: "tl.constexpr"):  # noqa: N803 (Triton's style)
+    def kernel(x, n, flag, BLOCK: "tl.constexpr", ACC: "tl.constexpr"):
         pass
 
     launch = aot.describe(kernel, (torch.zeros(2, dtype=torch.bfloat16), 3, True), dict(BLOCK=16, ACC=tl.float32,

@@ -10,7 +10,7 @@ One call on a lent GPU runs all of it; skipped with a reason elsewhere:
 import pytest
 import torch
 
-from sthfast import optional_deps, ops
+from sthfast import ops, optional_deps
 from sthfast.testing import embeddings
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and optional_deps.probe("triton").ok),

@@ -27,7 +27,7 @@ MIN_TRAIN_PER_CELL = 39      # FAISS's minimum: fewer cells when the set is smal
 def _faiss():
     """The ``faiss`` module with its torch bridge installed (imported on first use only)."""
     import faiss  # noqa: PLC0415 (optional dependency)
-    import faiss.contrib.torch_utils  # noqa: F401, PLC0415 (lets indexes take torch tensors)
+    import faiss.contrib.torch_utils  # noqa: PLC0415 (lets indexes take torch tensors)
 
     return faiss
 

@@ -50,8 +50,9 @@ class Scaler:
 
 class WindowDataset(Dataset):
     """Windows of one split. Item ``i`` is ``(x [T, N, F'], y [H, N], start)``: ``x`` the model
-    inputs (:func:`model_inputs`: scaled, missing inputs at 0, then any calendar channels); ``y`` the target feature on the original scale
-    with NaN where missing (masked in the loss and the metrics, never filled)."""
+    inputs (:func:`model_inputs`: scaled, missing inputs at 0, then any calendar channels); ``y``
+    the target feature on the original scale with NaN where missing (masked in the loss and the
+    metrics, never filled)."""
 
     def __init__(self, scaled: torch.Tensor, target: torch.Tensor, starts: np.ndarray,
                  seq_len: int, pred_len: int):
@@ -146,7 +147,8 @@ def model_inputs(series: SensorSeries, scaler: Scaler, time_features: tuple[str,
     return torch.from_numpy(np.ascontiguousarray(scaled))
 
 
-def fill_target_gaps(inputs: torch.Tensor, series: SensorSeries, feature: int, profile_by_step: torch.Tensor) -> torch.Tensor:
+def fill_target_gaps(inputs: torch.Tensor, series: SensorSeries, feature: int,
+                     profile_by_step: torch.Tensor) -> torch.Tensor:
     """``inputs [T, N, F']`` (:func:`model_inputs`) with ``profile_by_step [T, N]`` at the missing
     readings of the target ``feature`` (a new tensor; the inputs are left as they are)."""
     missing = torch.from_numpy(np.isnan(series.values[:, :, feature]))                  # [T, N]

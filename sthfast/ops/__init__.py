@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import reference
 from ..backends import AUTO_ORDER, BACKENDS, Implementation, extension, faiss_search, sparse, triton
-from ..backends.faiss_search import FAISS_MIN_POINTS
+from ..backends.faiss_search import FAISS_MIN_POINTS as FAISS_MIN_POINTS  # re-exported: ops.FAISS_MIN_POINTS
 
 PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
          ("static_graph", "graph_mixprop"))

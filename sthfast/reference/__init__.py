@@ -6,8 +6,17 @@ Shapes are documented per function; ``...`` is an optional leading batch dimensi
 
 from ..backends import Implementation
 from .graph import adaptive_graph, adjacency_values, graph_mixprop, graph_operator, graph_propagate, static_graph
-from .hypergraph import (apply_operator, effective_order, hypergraph_halves, hypergraph_mixprop, hypergraph_operator,
-                         hypergraph_propagate, knn_hypergraph, membership_weights, safe_reciprocal)
+from .hypergraph import (
+                         apply_operator,
+                         effective_order,
+                         hypergraph_halves,
+                         hypergraph_mixprop,
+                         hypergraph_operator,
+                         hypergraph_propagate,
+                         knn_hypergraph,
+                         membership_weights,
+                         safe_reciprocal,
+)
 from .mixprop import mixprop
 from .neighbors import topk_neighbors
 from .pool_patch import pool_patch
@@ -19,6 +28,7 @@ OPS = ("pool_patch", "topk_neighbors", "knn_hypergraph", "hypergraph_mixprop", "
 
 IMPLEMENTATIONS = tuple(Implementation(op, "reference", globals()[op]) for op in OPS)
 
-__all__ = [*OPS, "IMPLEMENTATIONS", "adjacency_values", "apply_operator", "effective_order", "graph_operator", "graph_propagate",
-           "hypergraph_halves", "hypergraph_operator", "hypergraph_propagate", "membership_weights", "mixprop",
-           "safe_reciprocal"]
+__all__ = ["IMPLEMENTATIONS", "OPS", "adaptive_graph", "adjacency_values", "apply_operator", "effective_order",
+           "graph_mixprop", "graph_operator", "graph_propagate", "hypergraph_halves", "hypergraph_mixprop",
+           "hypergraph_operator", "hypergraph_propagate", "knn_hypergraph", "membership_weights", "mixprop",
+           "pool_patch", "safe_reciprocal", "static_graph", "topk_neighbors"]

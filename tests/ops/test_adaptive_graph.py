@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_cases import fast_paths, tolerance
 from torch.autograd import gradcheck
 
 from sthfast import ops, reference
 from sthfast.testing import points, weighted_sum
-
-from backend_cases import fast_paths, tolerance
 
 
 def test_reference_by_hand():

@@ -4,12 +4,11 @@ one graph with no break."""
 
 import pytest
 import torch
+from backend_cases import runnable
 
-from sthfast import optional_deps, ops, reference
+from sthfast import ops, optional_deps, reference
 from sthfast.backends import Implementation
 from sthfast.testing import features, points
-
-from backend_cases import runnable
 
 
 def test_auto_picks_per_op_on_cpu():
@@ -44,7 +43,8 @@ def test_auto_prefers_a_registered_fast_path_only_where_it_runs(monkeypatch):
     ops.register(Implementation("pool_patch", "sparse", fast, auto_on=lambda d: d.type == "cpu"))
     ops.register(Implementation("pool_patch", "triton", fast, auto_on=lambda d: d.type == "cuda"))
     assert ops.resolve("pool_patch", "auto", "cpu") == "sparse"
-    with pytest.raises(ValueError, match=r"backend 'triton' cannot run pool_patch on cpu; usable here: \['sparse', 'reference'\]"):
+    with pytest.raises(ValueError, match=r"backend 'triton' cannot run pool_patch on cpu; usable here: \['sparse', "
+                                         r"'reference'\]"):
         ops.resolve("pool_patch", "triton", "cpu")
     x = torch.randn(1, 8, 3, 1)
     ops.pool_patch(x, 4, 2)
@@ -72,7 +72,8 @@ def test_every_backend_registers_both_ops_of_a_pair_and_those_built_on_sparse_al
 
     assert set(triton.RUNS) == set(faiss_search.SEARCHES + faiss_search.FROM_SPARSE) == set(sparse.OPS)
     for constructor, propagation in ops.PAIRS:
-        assert set(ops.implementations(constructor)) == set(ops.implementations(propagation)), (constructor, propagation)
+        assert set(ops.implementations(constructor)) == set(ops.implementations(propagation)), (
+            constructor, propagation)
 
 
 def test_aliases_name_the_backend_whose_function_they_run_and_are_left_out_on_request():

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_cases import fast_paths, runnable, tolerance
 from torch.autograd import gradcheck
 
 from sthfast import ops, reference
 from sthfast.testing import features, points, weighted_sum
-
-from backend_cases import fast_paths, runnable, tolerance
 
 D = torch.float64
 
@@ -28,7 +27,8 @@ def test_reference_propagation_by_hand():
 def test_reference_operator_is_row_normalised_and_equals_its_propagation():
     x = features(2, 3, 5, 4, seed=20)
     a = torch.rand(5, 5, generator=torch.Generator().manual_seed(22), dtype=D)
-    torch.testing.assert_close(reference.apply_operator(x, reference.graph_operator(a)), reference.graph_propagate(x, a))
+    torch.testing.assert_close(reference.apply_operator(x, reference.graph_operator(a)),
+                               reference.graph_propagate(x, a))
     torch.testing.assert_close(reference.graph_operator(a).sum(1), torch.ones(5, dtype=D))
 
 
@@ -60,7 +60,8 @@ def test_over_the_adaptive_graph_equals_reference(backend, device, dtype, transp
 def test_empty_batch(backend, device):
     z = points(6, 3, torch.float32).to(device)
     graph = ops.adaptive_graph(z, z.flip(0), 2, 3.0, backend=backend)
-    assert ops.graph_mixprop(torch.randn(0, 3, 6, 4, device=device), graph, 2, 0.05, backend=backend).shape == (0, 9, 6, 4)
+    empty = torch.randn(0, 3, 6, 4, device=device)
+    assert ops.graph_mixprop(empty, graph, 2, 0.05, backend=backend).shape == (0, 9, 6, 4)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + runnable("graph_mixprop"))

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from backend_cases import fast_paths, interpreted, needs_cpp, runnable, tolerance
 from torch.autograd import gradcheck
 
 from sthfast import ops, reference
@@ -22,8 +23,6 @@ from sthfast.backends import extension, sparse
 from sthfast.backends.sparse import structure
 from sthfast.backends.sparse.mixprop import HYPERGRAPH_HOPS
 from sthfast.testing import HYPERGRAPH_CASES, features, mixprop_outputs_and_grads, points, weighted_sum
-
-from backend_cases import fast_paths, interpreted, needs_cpp, runnable, tolerance
 
 D = torch.float64
 

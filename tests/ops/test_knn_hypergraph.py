@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_cases import fast_paths, runnable, tolerance
 from torch.autograd import gradcheck
 
 from sthfast import ops, optional_deps, reference
 from sthfast.testing import HYPERGRAPH_CASES, dense_incidence, embeddings, features, points, weighted_sum
-
-from backend_cases import fast_paths, runnable, tolerance
 
 D = torch.float64
 
@@ -119,13 +118,15 @@ def test_per_hyperedge_temperatures_equal_reference_with_gradients(backend, devi
         h = ops.knn_hypergraph(z, k, temperature=t, backend=name)
         y = ops.hypergraph_mixprop(x, h, 2, 0.05, backend=name)
         weighted_sum(y).backward()
-        return [v.detach().cpu() for v in ((h if name == "reference" else dense_incidence(h)), y, z.grad, x.grad, t.grad)]
+        dense = h if name == "reference" else dense_incidence(h)
+        return [v.detach().cpu() for v in (dense, y, z.grad, x.grad, t.grad)]
 
     for fast, ref in zip(run(backend, device), run("reference", "cpu")):
         torch.testing.assert_close(fast, ref, **tolerance(D, device))
     z = z0.to(device)
     same = ops.knn_hypergraph(z, k, temperature=torch.full((n,), 0.7, dtype=D, device=device), backend=backend)
-    torch.testing.assert_close(dense_incidence(same), dense_incidence(ops.knn_hypergraph(z, k, temperature=0.7, backend=backend)))
+    torch.testing.assert_close(dense_incidence(same),
+                               dense_incidence(ops.knn_hypergraph(z, k, temperature=0.7, backend=backend)))
     with pytest.raises(ValueError, match=r"temperature \[3\] must be a number or \[N\] = \[17\]"):
         ops.knn_hypergraph(z, k, temperature=torch.ones(3, device=device), backend=backend)
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_cases import fast_paths, needs_cpp, runnable
 from torch.autograd import gradcheck
 
 from sthfast import ops, optional_deps, reference
 from sthfast.backends import extension
-
 from sthfast.testing import series
-
-from backend_cases import fast_paths, needs_cpp, runnable
 
 D = torch.float64
 
@@ -106,7 +104,8 @@ def test_half_precision_and_non_contiguous_input(backend, device, dtype):
 def test_a_big_half_mask_does_not_overflow(backend, device):
     x = torch.ones(1, 2, 70_000, 1, dtype=torch.float16, device=device)   # 70,000 > float16's max 65,504
     patches, _, _ = ops.pool_patch(x, 2, 1, False, node_mask=torch.ones(70_000, device=device), backend=backend)
-    torch.testing.assert_close(patches.cpu().float(), torch.ones(patches.shape), rtol=0, atol=2e-3)  # the mask sum: float32
+    # the mask sum: float32
+    torch.testing.assert_close(patches.cpu().float(), torch.ones(patches.shape), rtol=0, atol=2e-3)
 
 
 @pytest.mark.parametrize("backend,device", fast_paths("pool_patch"))

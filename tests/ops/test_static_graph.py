@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_cases import fast_paths, runnable, tolerance
 
 from sthfast import ops
 from sthfast.testing import features
-
-from backend_cases import fast_paths, runnable, tolerance
 
 
 def adjacency(n: int = 9) -> torch.Tensor:

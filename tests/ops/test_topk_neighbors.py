@@ -9,13 +9,12 @@ import sys
 
 import pytest
 import torch
+from backend_cases import CUDA, fast_paths, interpreted, runnable
 
-from sthfast import optional_deps, ops, reference
+from sthfast import ops, optional_deps, reference
 from sthfast.backends import faiss_search
 from sthfast.backends.sparse import topk_neighbors as sparse_topk
 from sthfast.testing import embeddings, points, recall
-
-from backend_cases import CUDA, fast_paths, interpreted, runnable
 
 D = torch.float64
 needs_faiss = pytest.mark.skipif(not optional_deps.probe("faiss").ok, reason="FAISS is not installed")
@@ -82,7 +81,8 @@ def test_fast_paths_at_larger_sizes_with_duplicates(backend, device, self_first,
     if n > 100 and interpreted(backend, device):
         pytest.skip("thousands of points take minutes in Triton's interpreter: compiled on CUDA only")
     if n > 4096 and device == "cpu":
-        pytest.skip("5,000 points: for the GPU paths (on the CPU the reference's 25M-entry sort takes 10 s; 2,048 runs)")
+        pytest.skip("5,000 points: for the GPU paths (on the CPU the reference's 25M-entry sort takes 10 s; 2,048 "
+                    "runs)")
     z = points(n, d, torch.float32, seed=n, duplicates=n // 2)        # half the points twice: real ties
     for metric in ("l2", "ip"):
         got = ops.topk_neighbors(z.to(device), z.to(device), k, metric, self_first=self_first, backend=backend)
@@ -106,7 +106,8 @@ def test_exact_ties_go_to_the_smaller_index(backend, device, metric):
 @pytest.mark.parametrize("backend,device", fast_paths("topk_neighbors"))
 def test_batched_with_duplicates_and_empty_batch(backend, device):
     z = points(23, 4, torch.float32, seed=1, duplicates=8, batch=3).to(device)
-    assert torch.equal(ops.topk_neighbors(z, z, 5, backend=backend).cpu(), reference.topk_neighbors(z.cpu(), z.cpu(), 5))
+    assert torch.equal(ops.topk_neighbors(z, z, 5, backend=backend).cpu(),
+                       reference.topk_neighbors(z.cpu(), z.cpu(), 5))
     assert ops.topk_neighbors(z[:0], z[:0], 2, backend=backend).shape == (0, 23, 2)
 
 

@@ -9,7 +9,6 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-
 MAX_REGISTERS = 255
 """``maxnreg`` of every launch: left to itself, ptxas stops some kernels at 128 registers and spills
 a few bytes; allowed the architecture's 255, it uses what they need (tests/test_triton_aot.py)."""

@@ -35,8 +35,8 @@ def call_peak_mib(module: str, factory: str, *args) -> float | None:
     allocator. None where the high-water mark cannot be reset (not Linux)."""
     if not sys.platform.startswith("linux"):
         return None
-    code = (f"import conftest, {module} as m; "
-            f"fn = m.{factory}(*{args!r}); fn(); print(conftest.own_peak_mib(fn))")
+    code = (f"import peak_memory, {module} as m; "
+            f"fn = m.{factory}(*{args!r}); fn(); print(peak_memory.own_peak_mib(fn))")
     path = os.pathsep.join(filter(None, (str(HERE), os.environ.get("PYTHONPATH"))))   # benchmarks/ importable
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **MMAP_ENV, "PYTHONPATH": path},
                           capture_output=True, text=True, check=True)
