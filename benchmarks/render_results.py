@@ -215,7 +215,7 @@ def model_section(run: dict) -> list[str]:
 
 
 def profile_section(runs: list[dict]) -> list[str]:
-    from sthfast.profiling import STAGES, table_rows
+    from sthfast.profile_stages import STAGES, table_rows
 
     lines = ["## Hypergraph latency profile: where the forward pass's time goes", ""]
     for run in runs:

@@ -16,7 +16,7 @@ from .nn.calendar import CalendarSlots, SeasonalResidual, TimeEmbedding
 from .nn.fusion import FUSION_MODULES
 from .nn.spatial import SpatialStream
 from .nn.temporal import TemporalStream
-from .profiling import stage
+from .profile_stages import stage
 
 
 class STHSepNet(nn.Module):

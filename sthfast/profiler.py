@@ -10,7 +10,7 @@ reused) and a training batch, beside a static-graph model of the same size.
 
 (``python python/profile_hypergraph.py`` takes the same flags.) Prints a table (median ms per stage
 over --repeats calls, share of the forward) and writes a PNG bar chart (--chart). Stages are the
-model's ``sthfast.<stage>`` record_function ranges (:mod:`sthfast.profiling`); the table checks
+model's ``sthfast.<stage>`` record_function ranges (:mod:`sthfast.profile_stages`); the table checks
 that they add up to the measured forward. The fused MixProp (backend ``cpp``) is one call: its
 v2e / e2v parts show only with ``--backend sparse`` (or on GPUs, ``triton``).
 """
@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 from .cli import add_profile_flags
 from .config import STHSepNetConfig
 from .model import STHSepNet
-from .profiling import PREFIX, STAGES, table_rows
+from .profile_stages import PREFIX, STAGES, table_rows
 
 SCENARIOS = ("streaming, rebuilt", "streaming, reused", "training batch", "static graph, streaming",
              "static graph, training batch")

@@ -3,12 +3,13 @@
 / ``mixprop_backward_triton`` (Triton, CUDA: :mod:`sthfast.backends.triton.mixprop`, backend ``triton``).
 
 Both pairs have the schemas below: ``forward(index..., vals [V, nnz], x [B, C, N, T], hops, blocks,
-depth, beta) -> [B, C (depth + 1), N, T]``, all steps of ``h_{j+1} = beta x + P h_j`` in one call,
-``P`` one or two hops over a :class:`~sthfast.backends.sparse.SparseRows` (see
-:mod:`sthfast.backends.sparse.mixprop`). Here: :func:`call` (the arguments from a structure), the
-fake kernels for ``torch.compile``, and the autograd rule: the backward op from the saved output,
-or, when a graph of the backward is asked for (``create_graph``), the step-by-step twin
-differentiated instead (:func:`recomputed_backward`), so that higher derivatives exist.
+depth, beta) -> [B, C (depth + 1), N, T]``, all steps of MixProp's ``h_{j+1} = beta x + (1 - beta) P
+h_j`` in one call, ``P`` one or two hops over a :class:`~sthfast.backends.sparse.SparseRows` whose
+values ``vals`` carry the ``(1 - beta)`` factor (see :mod:`sthfast.backends.sparse.mixprop`).
+Here: :func:`call` (the arguments from a structure), the fake kernels for ``torch.compile``, and
+the autograd rule: the backward op from the saved output, or, when a graph of the backward is asked
+for (``create_graph``), the step-by-step twin differentiated instead (:func:`recomputed_backward`),
+so that higher derivatives exist.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import STHSepNetConfig
-from ..profiling import stage
+from ..profile_stages import stage
 from .cache import TensorCache, frozen
 
 KERNEL_SET = (2, 3, 6, 7)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ... import reference
-from ...profiling import stage
+from ...profile_stages import stage
 from .structure import SparseRows
 
 Spmm = Callable[..., Tensor]

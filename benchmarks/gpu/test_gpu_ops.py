@@ -1,6 +1,7 @@
-"""On a CUDA device: the hypergraph ops, ``triton`` vs ``sparse`` (torch CUDA ops) vs ``reference``
-(dense, where it fits), at N = 8,600, 100,000 and 1,000,000 (d = 40, k = 3, F = 32 x 12, B = 1); and
-the extension's CUDA pool + patch vs the reference.
+"""The ops on a CUDA device: the hypergraph ops, ``triton`` vs ``sparse`` (torch CUDA ops) vs
+``reference`` (dense, where it fits), at N = 8,600, 100,000 and 1,000,000 (d = 40, k = 3, F = 32 x
+12, B = 1) (:func:`test_gpu_stage`); the extension's CUDA pool + patch vs the reference
+(:func:`test_gpu_pool_patch`).
 One call on a lent GPU runs all of it; skipped with a reason elsewhere:
 
     python -m pytest benchmarks/gpu --benchmark-json=benchmarks/gpu/triton_ops.json
