@@ -33,8 +33,16 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged or made for another model or dataset."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)            # reading the umask sets it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result over ``path`` with ``os.replace``."""
+    """Call ``write(tmp_path)`` and move the result over ``path`` with ``os.replace``. The file gets
+    the mode a plain ``open`` would give it (0666 less the umask; the temporary file is 0600), so
+    that others can read a run folder where the umask lets them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -42,6 +50,7 @@ def atomic_write(path: Path, write) -> None:
         write(Path(tmp))
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -189,7 +189,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_backbone
 
 def _tiny_train(tiny_backbones, out, **train_fields):
     tc = TrainConfig(data="embedded", protocol="standard", max_batches=1, batch_size=4, out=str(out),
-                     plots=False, threads=1, **train_fields)
+                     threads=1, **{"plots": False, **train_fields})
     return train(tc, backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
                  skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only")
 
@@ -400,3 +400,19 @@ def test_dead_nodes_are_kept_by_default_and_dropped_on_request(tiny_backbones, t
     assert again == pytest.approx(dropped["test"]["model"]["all"]["mae"])
     forecast = predict(tmp_path / "dropped", str(path), tmp_path / "f.npz")
     assert forecast["forecast"].shape == (12, 4) and forecast["nodes"].tolist() == [0, 1, 3, 5]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_run_files_honour_the_umask(tiny_backbones, tmp_path, umask, mode):
+    """A colleague on the same server can read a run where the umask lets them (the atomic
+    writer's temporary files are 0600)."""
+    previous = os.umask(umask)
+    try:
+        _tiny_train(tiny_backbones, tmp_path / "run", epochs=1, plots=True)
+    finally:
+        os.umask(previous)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {"metrics.json", "log.jsonl", "config.json", "meta.json"} <= {p.name for p in files}
+    assert any(p.suffix == ".png" for p in files) and any(p.suffix == ".safetensors" for p in files)
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files} == {
+        str(p.relative_to(tmp_path)): oct(mode) for p in files}
