@@ -174,7 +174,8 @@ class STHSepNetConfig:
         if self.seq_len < self.patch_len:
             raise ValueError(f"seq_len={self.seq_len} is shorter than patch_len={self.patch_len}: no patch fits")
         if self.hyper_k > self.num_nodes:
-            raise ValueError(f"hyper_k={self.hyper_k} is larger than num_nodes={self.num_nodes}")
+            raise ValueError(f"hyper_k={self.hyper_k} is larger than num_nodes={self.num_nodes}: choose "
+                             f"--hyper-k (hyper_k) of at most {self.num_nodes}")
         if self.hyper_order == "adaptive" and self.hypergraph not in ("adaptive", "dynamic"):
             raise ValueError(f"hyper_order='adaptive' learns membership temperatures: it needs hypergraph "
                              f"'adaptive' or 'dynamic', not {self.hypergraph!r}")

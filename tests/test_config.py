@@ -62,7 +62,7 @@ def test_bad_json(bad, message):
     (dict(num_nodes=0), ValueError, "num_nodes=0"),
     (dict(num_nodes=2.5), TypeError, "num_nodes must be an int"),
     (dict(seq_len=8, patch_len=16), ValueError, "shorter than patch_len"),
-    (dict(num_nodes=2, hyper_k=3), ValueError, "hyper_k=3 is larger than num_nodes=2"),
+    (dict(num_nodes=2, hyper_k=3), ValueError, "hyper_k=3 is larger than num_nodes=2: choose --hyper-k"),
     (dict(fusion="mean"), ValueError, "fusion='mean' is not one of"),
     (dict(hypergraph="kmeans"), ValueError, "hypergraph='kmeans'"),
     (dict(graph="full"), ValueError, "graph='full'"),

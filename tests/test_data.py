@@ -418,6 +418,8 @@ def test_error_bad_features(tmp_path):
 def test_error_corrupt_npz_and_h5(tmp_path):
     npz = tmp_path / "bad.npz"
     npz.write_bytes(b"this is not a zip archive")
+    _raises(npz, "not a NumPy .npz zip archive", load_series, npz)
+    npz.write_bytes(b"PK\x03\x04 and then a truncated archive")
     _raises(npz, "not a readable .npz", load_series, npz)
     h5 = tmp_path / "bad.h5"
     h5.write_bytes(b"this is not hdf5")
@@ -705,3 +707,22 @@ def test_prepare_appends_time_features_after_the_scaled_series(tmp_path, split_d
         np.testing.assert_allclose(x[:, node, F].numpy(), expected_day, rtol=1e-6)
         np.testing.assert_allclose(x[:, node, F + 1].numpy(), expected_time, rtol=1e-6)
     np.testing.assert_array_equal(y.numpy(), split_data.val[2][1].numpy())
+
+
+def test_numpy_files_that_are_not_what_their_name_says_get_a_message_without_allow_pickle(tmp_path):
+    from sthfast.data import load_adjacency
+
+    fake = tmp_path / "speeds.npz"
+    fake.write_text("time,node0\n0,1.5\n")
+    with pytest.raises(DataError, match=r"speeds.npz: not a NumPy .npz zip archive of .npy arrays \(np.savez\): "
+                                        r"it starts with b'time' \(a text or CSV file renamed") as err:
+        load_series(fake)
+    assert "allow_pickle" not in str(err.value)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, data=np.array([[1.0, None]], dtype=object))
+    with pytest.raises(DataError, match="objects.npz: an array holds Python objects .pickled., which sthfast does not"):
+        load_series(objects)
+    adjacency = tmp_path / "adj.npy"
+    adjacency.write_text("0,1\n1,0\n")
+    with pytest.raises(DataError, match=r"adj.npy: not a NumPy .npy file \(np.save\)"):
+        load_adjacency(adjacency, 2)

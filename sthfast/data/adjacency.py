@@ -4,11 +4,12 @@ list (the PEMS format), with node ids mapped through an id list when the edges u
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .formats import DataError
+from .formats import DataError, check_numpy_file
 
 WEIGHTINGS = ("binary", "cost", "gaussian")
 NPZ_KEYS = ("adj", "adjacency", "dist_km", "A")
@@ -51,6 +52,7 @@ def load_adjacency(path: str | Path, num_nodes: int, *, ids: str | Path | np.nda
 
 def _read_numpy(file: Path, key: str | None) -> np.ndarray:
     try:
+        check_numpy_file(file)
         if file.suffix.lower() == ".npy":
             return np.load(file, allow_pickle=False)
         with np.load(file, allow_pickle=False) as z:
@@ -58,7 +60,7 @@ def _read_numpy(file: Path, key: str | None) -> np.ndarray:
             if name is None or name not in z.files:
                 raise DataError(f"{file}: no adjacency array {key or list(NPZ_KEYS)}; arrays: {z.files}")
             return z[name]
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         if isinstance(err, DataError):
             raise
         raise DataError(f"{file}: not a readable numpy file ({err})") from None

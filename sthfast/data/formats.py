@@ -10,6 +10,7 @@ import csv
 import hashlib
 import math
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,20 +149,48 @@ def _parse_times(raw: np.ndarray, source: str) -> np.ndarray:
         raise DataError(f"{source}: timestamps are not ISO date-times ({err})") from None
 
 
+# the first bytes of a .npy file and of a .npz (zip) archive
+MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK\x03\x04"}
+
+
+def check_numpy_file(file: Path) -> None:
+    """A :class:`DataError` naming what ``file`` is not, where its first bytes are not those of the
+    NumPy format its .npy / .npz name promises (numpy would take it for a pickle and suggest
+    ``allow_pickle``, which must not be followed for a file of unknown origin)."""
+    magic = MAGIC.get(file.suffix.lower())
+    if magic is None:
+        return
+    with open(file, "rb") as handle:
+        head = handle.read(len(magic))
+    if head != magic:
+        kind = "zip archive of .npy arrays (np.savez)" if file.suffix.lower() == ".npz" else "file (np.save)"
+        raise DataError(f"{file}: not a NumPy {file.suffix} {kind}: it starts with {head!r} (a text or CSV file "
+                        "renamed? then give it its own suffix)")
+
+
 def _read_npz(file: Path, key: str | None) -> SensorSeries:
     source = str(file)
     try:
+        check_numpy_file(file)
         archive = np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"{source}: not a readable .npz archive ({err})") from None
     with archive as z:
         name = key or "data"
         if name not in z.files:
             raise DataError(f"{source}: no array {name!r}; arrays: {z.files} (choose one with key=)")
-        values = _as_tnf(z[name], source)
-        times = _parse_times(z["timestamps"], source) if "timestamps" in z.files else None
-        adj = z["adj"].astype(np.float32) if "adj" in z.files else None
-        ids = next((z[k] for k in ("sensor_ids", "node_ids", "stop_ids") if k in z.files), None)
+        try:
+            values = _as_tnf(z[name], source)
+            times = _parse_times(z["timestamps"], source) if "timestamps" in z.files else None
+            adj = z["adj"].astype(np.float32) if "adj" in z.files else None
+            ids = next((z[k] for k in ("sensor_ids", "node_ids", "stop_ids") if k in z.files), None)
+        except ValueError as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(f"{source}: an array holds Python objects (pickled), which sthfast does not load: "
+                            "save numbers, and timestamps as strings or datetime64") from None
     return SensorSeries(values, source, times, adj, ids)
 
 
