@@ -66,22 +66,44 @@ def evaluate_windows(model: STHSepNet, dataset: WindowDataset, data: SplitData, 
     return {"metrics": metrics, "predictions": torch.cat(kept) if kept else None}
 
 
+VERDICT_KEYS = ("model_beats", "margins")       # the keys of a report that are not methods
+
+
 def report(metrics: dict[str, ForecastMetrics], horizons: tuple[int, ...]) -> dict[str, Any]:
-    """Metrics as plain data, with a verdict per baseline: does the model beat it (MAE, all steps)?"""
+    """Metrics as plain data (``{method: {"all" | "h3" | ...: {"mae", "rmse", "mape"}}}``) with the
+    verdict on each baseline: ``model_beats`` (a lower MAE over all steps) and ``margins``, how
+    much lower the model's MAE and RMSE are, in percent of the baseline's, over all steps and at
+    each horizon (negative: the baseline is better there)."""
     out = {name: m.result(tuple(h for h in horizons if h <= len(m.abs))) for name, m in metrics.items()}
-    model_mae = out["model"]["all"]["mae"]
-    out["model_beats"] = {name: bool(model_mae < out[name]["all"]["mae"]) for name in out if name != "model"}
+    model = out["model"]
+    baselines = [name for name in out if name != "model"]
+    out["model_beats"] = {name: bool(model["all"]["mae"] < out[name]["all"]["mae"]) for name in baselines}
+    out["margins"] = {name: {horizon: {metric: _percent_lower(model[horizon][metric], out[name][horizon][metric])
+                                       for metric in ("mae", "rmse", "mape")}
+                             for horizon in model}
+                      for name in baselines}
     return out
 
 
+def _percent_lower(model: float, baseline: float) -> float:
+    return 100.0 * (baseline - model) / baseline if baseline else float("nan")
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The metrics table the CLI prints: one row per method and horizon."""
+    """The metrics table the CLI prints (one row per method and horizon), then the verdict: the
+    model's margin on each baseline and where a baseline wins."""
     lines = [f"{'method':18s} {'horizon':>8s} {'MAE':>9s} {'RMSE':>9s} {'MAPE %':>9s}"]
     for name, per in result.items():
-        if name == "model_beats":
+        if name in VERDICT_KEYS:
             continue
         for horizon, m in per.items():
             lines.append(f"{name:18s} {horizon:>8s} {m['mae']:9.3f} {m['rmse']:9.3f} {m['mape']:9.2f}")
+    lines.append("the model's error below each baseline's, all steps (negative: the baseline is better):")
+    for name, margin in result["margins"].items():
+        wins = [f"{metric.upper()} {'all steps' if horizon == 'all' else horizon}"
+                for horizon, per in margin.items() for metric, pct in per.items() if pct < 0]
+        lines.append(f"  {name:18s} MAE {margin['all']['mae']:+6.1f} %   RMSE {margin['all']['rmse']:+6.1f} %"
+                     + (f"   {name} is better at: {', '.join(wins)}" if wins else ""))
     losses = [name for name, beats in result["model_beats"].items() if not beats]
     lines.append("the model beats every baseline (MAE, all steps)" if not losses
                  else f"WARNING: the model does NOT beat {losses} (MAE, all steps)")

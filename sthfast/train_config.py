@@ -55,6 +55,9 @@ class TrainConfig:
     csv_header: bool | None = help_field(None, "Whether a .csv series starts with a header row (default: guessed).")
     steps_per_day: int | None = help_field(None, "Steps per day of the calendar when the data has no timestamps (step "
                                                  "0 is Monday midnight; default 288, 5-minute data).")
+    units: str | None = help_field(None, "Unit of the forecast values, for the plots' axes (default: the data file's "
+                                         "'units' string if it has one, 'mph' for the embedded data, else 'data "
+                                         "units').")
     data_key: str | None = help_field(None, "Array (npz) or group (h5) holding the series, if not the default.")
     drop_dead_nodes: bool = help_field(False, "Leave out the nodes with no valid reading in the training split "
                                               "(default: keep them, with a warning naming them; they are forecast "
@@ -153,8 +156,10 @@ class TrainConfig:
 
     def read_series(self, data: str | None = None) -> SensorSeries:
         """The series named by this config (or the series file ``data``), read as it says."""
-        return load_series(data or self.data, key=self.data_key, features=self.feature_list(),
-                           zeros_missing=self.missing_zeros(), header=self.csv_header)
+        series = load_series(data or self.data, key=self.data_key, features=self.feature_list(),
+                             zeros_missing=self.missing_zeros(), header=self.csv_header)
+        series.units = self.units or series.units
+        return series
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -168,8 +173,8 @@ class TrainConfig:
 
 
 # TrainConfig fields that may change between a run and its --resume (they do not change the result).
-RESUMABLE = ("epochs", "out", "resume", "device", "threads", "plots", "eval_batch_size", "compile", "dist_backend",
-             "dist_timeout")
+RESUMABLE = ("epochs", "out", "resume", "device", "threads", "plots", "units", "eval_batch_size", "compile",
+             "dist_backend", "dist_timeout")
 
 
 def _numbers(text: str, kind, name: str) -> list:

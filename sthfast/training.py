@@ -344,7 +344,7 @@ def final_test(run: TrainingRun) -> dict[str, Any]:
     if tc.plots:
         from .plots import write_plots  # noqa: PLC0415 (matplotlib is imported only for plots)
 
-        write_plots(run.out, model, data, test, run.progress["history"])
+        write_plots(run.out, model, data, test, run.progress["history"], baselines, tc.loss)
     return summary
 
 

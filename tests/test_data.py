@@ -726,3 +726,19 @@ def test_numpy_files_that_are_not_what_their_name_says_get_a_message_without_all
     adjacency.write_text("0,1\n1,0\n")
     with pytest.raises(DataError, match=r"adj.npy: not a NumPy .npy file \(np.save\)"):
         load_adjacency(adjacency, 2)
+
+
+def test_units_from_the_file_the_embedded_data_and_the_flag(tmp_path):
+    from sthfast import TrainConfig
+
+    values = np.ones((10, 3), np.float32)
+    np.savez(tmp_path / "with.npz", data=values, units=np.array("veh/5 min"))
+    np.savez(tmp_path / "without.npz", data=values)
+    assert load_series(tmp_path / "with.npz").units == "veh/5 min"
+    assert load_series(tmp_path / "without.npz").units is None
+    assert load_series("embedded").units == "mph"
+    assert load_series("embedded").select_nodes([0, 1]).units == "mph"
+    assert TrainConfig(data=str(tmp_path / "with.npz"), units="vehicles").read_series().units == "vehicles"
+    np.savez(tmp_path / "bad.npz", data=values, units=np.array([1.0, 2.0]))
+    with pytest.raises(DataError, match=r"bad.npz: 'units' must be one string"):
+        load_series(tmp_path / "bad.npz")

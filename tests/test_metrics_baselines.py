@@ -109,3 +109,28 @@ def test_linear_baseline_equals_least_squares():
     design = torch.cat([xt[..., 0].permute(0, 2, 1), torch.ones(3, 3, 1)], -1)
     expected = (design @ direct).permute(0, 2, 1) * std + mean
     torch.testing.assert_close(pred, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_report_margins_and_where_a_baseline_wins():
+    """Margins in percent of the baseline's error over all steps and per horizon; the table names
+    every horizon and metric where a baseline is better, and warns when it is better overall."""
+    from sthfast.evaluation import format_table, report
+
+    def metrics(errors):                                  # one node, one window, errors per step
+        m = ForecastMetrics(len(errors))
+        m.update(torch.tensor(errors, dtype=torch.float64).view(1, -1, 1) + 10.0,
+                 torch.full((1, len(errors), 1), 10.0, dtype=torch.float64))
+        return m
+
+    result = report({"model": metrics([1.0, 2.0, 3.0]), "close": metrics([2.0, 1.0, 4.0]),
+                     "far": metrics([4.0, 4.0, 6.0])}, horizons=(2,))
+    assert result["model_beats"] == {"close": True, "far": True}
+    assert result["margins"]["far"]["all"]["mae"] == pytest.approx(100 * (14 / 3 - 2) / (14 / 3))
+    assert result["margins"]["close"]["h2"]["mae"] == pytest.approx(-100.0)        # 2 against 1
+    table = format_table(result)
+    assert "close is better at: MAE h2, RMSE h2, MAPE h2" in table
+    assert "far is better" not in table and "beats every baseline" in table
+    assert "MAE  +57.1 %" in table                                                   # far, all steps
+    worse = report({"model": metrics([3.0, 3.0, 3.0]), "close": metrics([2.0, 1.0, 4.0])}, horizons=())
+    assert "WARNING: the model does NOT beat ['close']" in format_table(worse)
+    assert "close is better at: MAE all steps" in format_table(worse)

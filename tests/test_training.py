@@ -51,7 +51,7 @@ def test_train_writes_every_output(trained_run, capsys):
     assert last["files"]["weights"].endswith(".safetensors") and last["files"]["trainer_state"].endswith(".pt")
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["protocol"] == "standard" and summary["seq_len"] == 12 and summary["zeros_missing"]
-    assert set(summary["test"]) == {"model", "last_value", "seasonal_average", "linear", "model_beats"}
+    assert set(summary["test"]) == {"model", "last_value", "seasonal_average", "linear", "model_beats", "margins"}
     assert set(summary["test"]["model"]) == {"all", "h3", "h6", "h12"}
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and all(r["samples_per_s"] > 0 for r in log)
@@ -187,11 +187,12 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_backbone
     assert strip(a["history"]) == strip(b["history"])
 
 
-def _tiny_train(tiny_backbones, out, **train_fields):
+def _tiny_train(tiny_backbones, out, model_overrides=None, **train_fields):
     tc = TrainConfig(data="embedded", protocol="standard", max_batches=1, batch_size=4, out=str(out),
                      threads=1, **{"plots": False, **train_fields})
-    return train(tc, backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
-                 skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only")
+    return train(tc, **{"backbone": tiny_backbones["bert"], "layers": 1, "conv_channels": 8, "residual_channels": 8,
+                        "skip_channels": 8, "end_channels": 8, "node_emb_dim": 8, "d_ff": 16,
+                        "fusion": "spatial_only", **(model_overrides or {})})
 
 
 def test_early_stopping_best_checkpoint_and_milestones(tiny_backbones, tmp_path, monkeypatch):
@@ -416,3 +417,40 @@ def test_run_files_honour_the_umask(tiny_backbones, tmp_path, umask, mode):
     assert any(p.suffix == ".png" for p in files) and any(p.suffix == ".safetensors" for p in files)
     assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files} == {
         str(p.relative_to(tmp_path)): oct(mode) for p in files}
+
+
+def test_plots_read_in_units_and_time(tiny_backbones, tmp_path, monkeypatch):
+    """Every value axis names the data's unit (here from --units), the horizon is in minutes (5-minute
+    data), the forecast plot shows a typical and a hard window per node beside the best baseline,
+    and the hypergraph plot shows memberships, weights and the effective order."""
+    import sthfast.plots as plots
+
+    figures = {}
+    real_save = plots._save
+
+    def keep(fig, path):
+        figures[path.name] = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_title(),
+                               [line.get_label() for line in ax.get_lines()], ax.get_lines())
+                              for ax in fig.axes if ax.get_visible() and ax.axison]
+        real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    summary = _tiny_train(tiny_backbones, tmp_path / "run", {"hyper_order": "adaptive"}, epochs=1, plots=True,
+                          units="veh/h")
+    assert set(figures) == set(PLOTS)
+    forecast = figures["forecast.png"]
+    assert len(forecast) == 2 * plots.FORECAST_NODES
+    best = min(("last_value", "seasonal_average", "linear"), key=lambda b: summary["test"][b]["all"]["mae"])
+    for _, ylabel, title, labels, _ in forecast:
+        assert ylabel == "veh/h" and "veh/h" in title and "forecast from 2012-03-" in title
+        assert [label for label in labels if not label.startswith("_")] == ["input", "truth", "STH-SepNet", best]
+    assert sum("typical window" in t for _, _, t, _, _ in forecast) == plots.FORECAST_NODES
+    assert sum("hard window" in t for _, _, t, _, _ in forecast) == plots.FORECAST_NODES
+    assert forecast[-1][0] == "minutes from the forecast start"
+    (xlabel, ylabel, _, labels, lines), = figures["error_by_horizon.png"]
+    assert (xlabel, ylabel) == ("forecast horizon (minutes ahead)", "test MAE (veh/h)")
+    assert labels[0] == "STH-SepNet" and lines[0].get_xdata().tolist() == [5.0 * h for h in range(1, 13)]
+    assert figures["training_curves.png"][1][1] == "validation MAE (veh/h)"
+    hyper = [(x, t) for x, _, t, _, _ in figures["hypergraph.png"]]
+    assert hyper[0][0] == "hyperedges a node belongs to" and hyper[1][0].startswith("membership weight")
+    assert hyper[2][0].startswith("effective order") and "adaptive order" in hyper[2][1]

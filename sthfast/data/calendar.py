@@ -16,11 +16,13 @@ TIME_FEATURES = ("time_of_day", "day_of_week")
 
 @dataclass
 class Calendar:
-    """``day_slot [T]`` (0 .. per_day - 1) and ``weekday [T]`` (0 = Monday) of every step."""
+    """``day_slot [T]`` (0 .. per_day - 1) and ``weekday [T]`` (0 = Monday) of every step, and the
+    length of a step in seconds."""
 
     day_slot: np.ndarray
     weekday: np.ndarray
     per_day: int
+    step_seconds: int
 
     def features(self, names: tuple[str, ...]) -> np.ndarray:
         """``[T, len(names)]`` float32 channels in [0, 1): the fraction of the day elapsed and/or
@@ -52,8 +54,9 @@ def calendar(series: SensorSeries, steps_per_day: int | None = None) -> Calendar
         weekday = ((seconds // 86400) + 3) % 7                          # 1970-01-01 was a Thursday
     else:
         per_day = steps_per_day or DEFAULT_STEPS_PER_DAY
+        interval = round(86400 / per_day)
         day_slot, weekday = steps % per_day, (steps // per_day) % 7
-    return Calendar(day_slot.astype(np.int64), weekday.astype(np.int64), int(per_day))
+    return Calendar(day_slot.astype(np.int64), weekday.astype(np.int64), int(per_day), int(interval))
 
 
 def seasonal_profile(values: np.ndarray, cal: Calendar, weekly: bool = True) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 EMBEDDED_NAME = "los_loop.npz"
+EMBEDDED_UNITS = "mph"          # the file holds no units array; METR-LA's speeds are in miles per hour
 
 
 def embedded_path() -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedded import embedded_path
+from .embedded import EMBEDDED_UNITS, embedded_path
 
 EMBEDDED = "embedded"
 TIME_HEADERS = ("time", "date", "datetime", "timestamp", "timestamps")
@@ -33,13 +33,15 @@ class DataWarning(UserWarning):
 @dataclass
 class SensorSeries:
     """A network's series: ``values [T, N, F]`` float32 (NaN = missing), optional
-    ``timestamps [T]`` (datetime64[s]), ``adjacency [N, N]``, ``node_ids [N]``."""
+    ``timestamps [T]`` (datetime64[s]), ``adjacency [N, N]``, ``node_ids [N]`` and the values'
+    ``units`` (e.g. "mph"; for plots and reports)."""
 
     values: np.ndarray
     source: str
     timestamps: np.ndarray | None = None
     adjacency: np.ndarray | None = None
     node_ids: np.ndarray | None = None
+    units: str | None = None
 
     @property
     def num_steps(self) -> int:
@@ -54,7 +56,7 @@ class SensorSeries:
         keep = np.asarray(keep, dtype=np.int64)
         adjacency = None if self.adjacency is None else self.adjacency[np.ix_(keep, keep)]
         ids = None if self.node_ids is None else self.node_ids[keep]
-        return SensorSeries(self.values[:, keep], self.source, self.timestamps, adjacency, ids)
+        return SensorSeries(self.values[:, keep], self.source, self.timestamps, adjacency, ids, self.units)
 
     def fingerprint(self) -> str:
         """SHA-256 of the values (NaN-aware) and shape: identifies the data a checkpoint saw."""
@@ -69,7 +71,8 @@ def load_series(path: str | Path, *, key: str | None = None, features: list[int]
 
     Args:
         path: ``"embedded"`` (LOS-LOOP), or a ``.npz`` (array ``data`` ``[T, N]`` / ``[T, N, F]``,
-            optional ``adj`` and ``timestamps``; ``PEMS0x.npz`` flow tensors included), a DCRNN
+            optional ``adj``, ``timestamps`` and ``units`` (a string); ``PEMS0x.npz`` flow
+            tensors included), a DCRNN
             ``.h5`` / ``.hdf5`` pandas frame (``metr-la.h5``, ``pems-bay.h5``), or a ``.csv`` (one row
             per step, one column per node, an optional time column).
         key: the array (npz) or group (h5) to read instead of the default.
@@ -83,7 +86,7 @@ def load_series(path: str | Path, *, key: str | None = None, features: list[int]
     name = str(path)
     if name == EMBEDDED:
         series = _read_npz(embedded_path(), key=None)
-        series.source = EMBEDDED
+        series.source, series.units = EMBEDDED, EMBEDDED_UNITS
     else:
         file = Path(path).expanduser()
         if not file.is_file():
@@ -149,6 +152,15 @@ def _parse_times(raw: np.ndarray, source: str) -> np.ndarray:
         raise DataError(f"{source}: timestamps are not ISO date-times ({err})") from None
 
 
+def _units(raw: np.ndarray, source: str) -> str:
+    """The ``units`` array of an archive: one string (e.g. ``np.array("mph")``)."""
+    if raw.dtype.kind not in "US" or raw.size != 1:
+        raise DataError(f"{source}: 'units' must be one string (e.g. np.array('mph')), got {raw.dtype} "
+                        f"of shape {list(raw.shape)}")
+    value = raw.reshape(()).item()
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 # the first bytes of a .npy file and of a .npz (zip) archive
 MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK\x03\x04"}
 
@@ -186,12 +198,13 @@ def _read_npz(file: Path, key: str | None) -> SensorSeries:
             times = _parse_times(z["timestamps"], source) if "timestamps" in z.files else None
             adj = z["adj"].astype(np.float32) if "adj" in z.files else None
             ids = next((z[k] for k in ("sensor_ids", "node_ids", "stop_ids") if k in z.files), None)
+            units = _units(z["units"], source) if "units" in z.files else None
         except ValueError as err:
             if isinstance(err, DataError):
                 raise
             raise DataError(f"{source}: an array holds Python objects (pickled), which sthfast does not load: "
                             "save numbers, and timestamps as strings or datetime64") from None
-    return SensorSeries(values, source, times, adj, ids)
+    return SensorSeries(values, source, times, adj, ids, units)
 
 
 def _read_h5(file: Path, key: str | None) -> SensorSeries:
