@@ -9,12 +9,17 @@ Building the parser imports no torch (``sthfast --help`` is quick); each command
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import shlex
+import signal
 import sys
 import types
 import typing
 import warnings
+from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS
@@ -139,7 +144,8 @@ _PYTHON_SHOWWARNING = warnings.showwarning
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.invocation = "sthfast " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.invocation = shlex.join(["sthfast", *args.argv])
     warnings.showwarning = _show_data_warning
     try:
         return _run(parser, args)
@@ -173,7 +179,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         tc = TrainConfig(**{k: v for k, v in values.items() if k in train_fields})
         overrides = {k: v for k, v in values.items()
                      if k in {f.name for f in dataclasses.fields(STHSepNetConfig)}}
-        summary = train(tc, **overrides)
+        try:
+            with _sigterm_as_interrupt():
+                summary = train(tc, **overrides)
+        except KeyboardInterrupt as stop:
+            return _stopped(tc, args.argv, getattr(stop, "signum", signal.SIGINT))
         if summary is None:                    # a rank > 0 of a DDP run: rank 0 reports
             return 0
         print(f"\ntest metrics ({summary['protocol']} protocol, {summary['seq_len']} -> "
@@ -187,6 +197,44 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: forecast {list(result['forecast'].shape)}"
               + (f", window_forecasts {list(result['window_forecasts'].shape)}" if args.all_windows else ""))
     return 0
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal other than Ctrl-C (SIGTERM) that stops training as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a batch scheduler's stop) raises :class:`Stopped` in the training loop;
+    the previous handler comes back afterwards."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(tc: TrainConfig, argv: list[str], signum: int) -> int:
+    """After Ctrl-C or SIGTERM: one line naming the last checkpoint and the command that continues
+    from it (the same flags with ``--resume``; under torchrun rank 0 alone says it). Returns the
+    shell's exit status for the signal, 128 + its number (130, 143)."""
+    if os.environ.get("RANK", "0") == "0":
+        from .checkpoint import META  # noqa: PLC0415
+
+        last = Path(tc.out).expanduser().resolve() / "checkpoint" / "last"
+        command = shlex.join(["sthfast", *argv, *([] if "--resume" in argv else ["--resume"])])
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        where = (f"the last checkpoint, {last}, holds epoch {json.loads((last / META).read_text())['epoch']}"
+                 if (last / META).exists() else f"no epoch had ended, {tc.out} holds no checkpoint yet")
+        print(f"\nsthfast train: stopped by {name}; {where}; continue with: {command}", file=sys.stderr)
+    return 128 + signum
 
 
 if __name__ == "__main__":

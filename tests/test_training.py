@@ -1,9 +1,10 @@
 """The main job end to end on the embedded data with a tiny model: CLI outputs, evaluate, predict,
-refusals, and an exact resume after SIGKILL."""
+refusals, an exact resume after SIGKILL, and Ctrl-C / SIGTERM that say how to resume."""
 
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -185,6 +186,37 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_backbone
     assert a["test"] == b["test"]
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("train_seconds", "samples_per_s")} for r in h]
     assert strip(a["history"]) == strip(b["history"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_names_its_checkpoint_and_the_resume_command(tiny_backbones, tmp_path, signum):
+    """Ctrl-C or SIGTERM mid-run: no traceback, one line naming the last checkpoint and the command
+    that continues, exit 128 + signal; that command then finishes the run."""
+    out = tmp_path / "run"
+    flags = ["train", "--data", "embedded", "--epochs", "3", "--max-batches", "12", "--no-plots",
+             "--out", str(out)] + tiny_flags(tiny_backbones["bert"])
+    process = subprocess.Popen([sys.executable, "-m", "sthfast.cli", *flags], env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    meta = out / "checkpoint" / "last" / "meta.json"
+    deadline = time.time() + 300
+    while not meta.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 128 + signum
+    assert "Traceback" not in stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("sthfast train: stopped by")]
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    epoch = json.loads(meta.read_text())["epoch"]
+    assert len(stopped) == 1 and stopped[0].startswith(
+        f"sthfast train: stopped by {name}; the last checkpoint, {meta.parent}, holds epoch {epoch}; continue with: ")
+    command = shlex.split(stopped[0].split("continue with: ")[1])
+    assert command[0] == "sthfast" and command[1:] == flags + ["--resume"]
+    assert main(command[1:]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and (out / "metrics.json").is_file()
 
 
 def _tiny_train(tiny_backbones, out, model_overrides=None, **train_fields):
