@@ -34,8 +34,9 @@ TRAIN_MODEL_DEFAULTS = dict(seasonal_residual="auto", gate_init=0.1)
 # taken from the data (and --time-features), never from flags
 DATA_FIELDS = ("num_nodes", "in_features", "time_of_day_channel", "day_of_week_channel", "slots_per_day")
 # bfloat16 autocast is on by default on CPUs with bfloat16 matrix instructions (AMX-BF16 or
-# AVX512-BF16) from this input length: per training step at 48 -> 48 measured 1.4x to 1.7x faster on
-# an AMX Xeon and 2.5x on an AVX512-BF16 EPYC; the standard 12 -> 12 main job was no faster (README)
+# AVX512-BF16) from this input length: per training step at 48 -> 48 measured 1.4x faster on an AMX
+# Xeon (RESULTS.md) and 1.5x on an AVX512-BF16 EPYC (PROFILE.md); at 12 -> 12 its accuracy against
+# float32 is not measured yet (README, Speed)
 BF16_MIN_SEQ_LEN = 48
 
 
@@ -81,7 +82,7 @@ class TrainConfig:
                                                "runs); default: the whole training split.")
     loss: str = help_field("auto", "Training loss over the valid targets: 'mae' (masked MAE, as BasicTS), 'mse' (the "
                                    "authors'), 'huber' (between the two) or 'auto': Huber where over half of the "
-                                   "varying nodes read 0 more than half the time, else MAE (README).", choices=LOSSES)
+                                   "varying nodes read 0 in more than half of their valid readings, else MAE (README).", choices=LOSSES)
     huber_delta: float = help_field(1.0, "Where the Huber loss turns from squared to absolute, in scaled units "
                                          "(standard deviations of the training split).")
     lr: float = help_field(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
@@ -101,7 +102,7 @@ class TrainConfig:
     bf16: bool | None = help_field(None, "bfloat16 autocast of the training forward; default on for CPUs with "
                                          "bfloat16 matrix instructions from seq_len 48 (README, Speed).")
     compile: bool = help_field(False, "torch.compile the model for the training steps (inductor: the first step "
-                                      "compiles, about a minute on 2 CPU cores; evaluation runs eagerly).")
+                                      "compiles, over two minutes on 2 CPU cores; evaluation runs eagerly).")
     threads: int | None = help_field(None, "CPU threads for torch (default: torch's choice).")
     out: str = help_field("runs/sthfast", "Run folder: checkpoints, metrics.json, log.jsonl, plots.")
     resume: bool = help_field(False, "Continue the run in --out from its last checkpoint (same data and config).")

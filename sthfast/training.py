@@ -85,8 +85,8 @@ def resolved_loss(tc: TrainConfig, train_target: np.ndarray) -> str:
         return tc.loss
     share = mostly_zero_nodes(train_target)
     loss = chosen_loss(share)
-    tqdm.write(f"loss {loss}: {100 * share:.1f} % of the varying nodes read 0 more than half of the "
-               "training steps (Huber where over 50 %, else MAE; --loss chooses)")
+    tqdm.write(f"loss {loss}: {100 * share:.1f} % of the varying nodes read 0 in more than half of their "
+               "valid training readings (Huber where over 50 %, else MAE; --loss chooses)")
     return loss
 
 
