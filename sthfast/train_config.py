@@ -82,7 +82,8 @@ class TrainConfig:
                                                "runs); default: the whole training split.")
     loss: str = help_field("auto", "Training loss over the valid targets: 'mae' (masked MAE, as BasicTS), 'mse' (the "
                                    "authors'), 'huber' (between the two) or 'auto': Huber where over half of the "
-                                   "varying nodes read 0 in more than half of their valid readings, else MAE (README).", choices=LOSSES)
+                                   "varying nodes read 0 in more than half of their valid readings, else MAE "
+                                   "(README).", choices=LOSSES)
     huber_delta: float = help_field(1.0, "Where the Huber loss turns from squared to absolute, in scaled units "
                                          "(standard deviations of the training split).")
     lr: float = help_field(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
