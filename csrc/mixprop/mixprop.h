@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <vector>
@@ -103,5 +104,11 @@ struct Tiling {
   int64_t items() const { return B * tiles; }
   int64_t width() const { return per_tile * T; }
 };
+
+// A fixed split of the work items into `chunks`, one scratch and one value-gradient accumulator
+// each, so that the sums over chunks come out the same however the threads are scheduled.
+inline int64_t num_chunks(int64_t items) {
+  return std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
+}
 
 }  // namespace sthfast::mixprop

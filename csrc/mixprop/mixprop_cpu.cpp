@@ -23,6 +23,7 @@
 // B: one block of R/B rows and N columns per sample, the dynamic hypergraph) are handled by
 // offsetting into sample b's block; blocks = -1 is one structure shared by every sample.
 // Half types are computed in float; float and double in their own type.
+#include "kernel_copies.h"
 #include "mixprop.h"
 
 #include <ATen/Dispatch.h>
@@ -30,47 +31,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <tuple>
 
-#define STHFAST_MIXPROP_ISA base
-#define STHFAST_MIXPROP_TARGET
-#define STHFAST_MIXPROP_VEC_BYTES 16
-#include "mixprop_kernels.h"
-#undef STHFAST_MIXPROP_ISA
-#undef STHFAST_MIXPROP_TARGET
-#undef STHFAST_MIXPROP_VEC_BYTES
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define STHFAST_MIXPROP_AVX2 1
-#define STHFAST_MIXPROP_ISA avx2
-#define STHFAST_MIXPROP_TARGET __attribute__((target("avx2,fma")))
-#define STHFAST_MIXPROP_VEC_BYTES 32
-#include "mixprop_kernels.h"
-#undef STHFAST_MIXPROP_ISA
-#undef STHFAST_MIXPROP_TARGET
-#undef STHFAST_MIXPROP_VEC_BYTES
-#endif
-
 namespace sthfast::mixprop {
 namespace {
-
-// Whether this CPU runs the AVX2 + FMA copy (the kernels are about 2x faster with it than with the
-// baseline x86-64 SSE2), decided once; STHFAST_CPU_BASELINE=1 forces the baseline (tests compare both).
-bool use_avx2() {
-#ifdef STHFAST_MIXPROP_AVX2
-  static const bool yes = [] {
-    const char* forced = std::getenv("STHFAST_CPU_BASELINE");
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           !(forced != nullptr && std::strcmp(forced, "1") == 0);
-  }();
-  return yes;
-#else
-  return false;
-#endif
-}
 
 // Per-thread scratch of one work item, rows of width W: forward, the steps h_0..h_D [D + 1][N, W]
 // and the first hop's output; backward, the gradients, and (value gradients) one step h_{j-1} and
@@ -92,12 +57,6 @@ struct Scratch {
     }
   }
 };
-
-// A fixed split of the work items into `chunks`, one scratch and one value-gradient accumulator
-// each, so that the sums over chunks come out the same however the threads are scheduled.
-int64_t num_chunks(int64_t items) {
-  return std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
-}
 
 // Runs fn(b, c0, cs, scratch, chunk) for every work item (sample b, channels c0 .. c0 + cs).
 template <typename acc_t, typename Fn>
@@ -262,7 +221,7 @@ at::Tensor forward_entry(const at::Tensor& row_ptr, const at::Tensor& col, const
                          const at::Tensor& t_col, const at::Tensor& from_t, const at::Tensor& vals,
                          const at::Tensor& x, at::IntArrayRef hop_transpose, at::IntArrayRef hop_value,
                          int64_t blocks, int64_t depth, double beta) {
-#ifdef STHFAST_MIXPROP_AVX2
+#ifdef STHFAST_HAVE_AVX2_COPIES
   if (use_avx2())
     return forward<avx2::Kernels>(row_ptr, col, col_ptr, t_col, from_t, vals, x, hop_transpose, hop_value,
                                   blocks, depth, beta);
@@ -276,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor> backward_entry(
     const at::Tensor& col_ptr, const at::Tensor& t_col, const at::Tensor& from_t, const at::Tensor& vals,
     at::IntArrayRef hop_transpose, at::IntArrayRef hop_value, int64_t blocks, int64_t depth, double beta,
     bool need_vals) {
-#ifdef STHFAST_MIXPROP_AVX2
+#ifdef STHFAST_HAVE_AVX2_COPIES
   if (use_avx2())
     return backward<avx2::Kernels>(grad, out, row_ptr, col, col_ptr, t_col, from_t, vals, hop_transpose,
                                    hop_value, blocks, depth, beta, need_vals);

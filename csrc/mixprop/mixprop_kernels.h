@@ -67,6 +67,68 @@ struct Kernels {
     }
   }
 
+  // The projected MixProp's channel products (../projected_mixprop), on row-major matrices:
+  // out [M, P] = keep out + in [M, K] mat [K, P], each row summed in spans of kBlock vectors held in
+  // registers across the K inputs (mat, K x P, stays in L1); the columns past the last span one by one.
+  template <typename acc_t>
+  STHFAST_MIXPROP_TARGET static void matmul_rows(int64_t M, int64_t K, int64_t P, const acc_t* in, const acc_t* mat,
+                                                 acc_t* out, bool keep) {
+    typedef acc_t Vec __attribute__((vector_size(STHFAST_MIXPROP_VEC_BYTES), aligned(sizeof(acc_t)), may_alias));
+    constexpr int64_t kVec = sizeof(Vec) / sizeof(acc_t), kBlock = 4, kSpan = kVec * kBlock;
+    const int64_t body = P - P % kSpan;
+    for (int64_t r = 0; r < M; ++r) {
+      const acc_t* __restrict a = in + r * K;
+      acc_t* __restrict o = out + r * P;
+      for (int64_t w0 = 0; w0 < body; w0 += kSpan) {
+        Vec acc[kBlock] = {};
+        if (keep)
+          for (int64_t u = 0; u < kBlock; ++u) acc[u] = reinterpret_cast<const Vec*>(o + w0)[u];
+        for (int64_t k = 0; k < K; ++k) {
+          const acc_t v = a[k];
+          const Vec* m = reinterpret_cast<const Vec*>(mat + k * P + w0);
+          for (int64_t u = 0; u < kBlock; ++u) acc[u] += v * m[u];
+        }
+        for (int64_t u = 0; u < kBlock; ++u) reinterpret_cast<Vec*>(o + w0)[u] = acc[u];
+      }
+      for (int64_t w = body; w < P; ++w) {
+        acc_t sum = keep ? o[w] : acc_t(0);
+        for (int64_t k = 0; k < K; ++k) sum += a[k] * mat[k * P + w];
+        o[w] = sum;
+      }
+    }
+  }
+
+  // out [Q, P] += g^T [Q, M] x [M, P] (g [M, Q], x [M, P] row-major): per block of kRows rows (g's
+  // and x's in L1), each of out's rows in spans of kBlock vectors held in registers over the block.
+  template <typename acc_t>
+  STHFAST_MIXPROP_TARGET static void accumulate_outer(int64_t M, int64_t Q, int64_t P, const acc_t* g, const acc_t* x,
+                                                      acc_t* out) {
+    typedef acc_t Vec __attribute__((vector_size(STHFAST_MIXPROP_VEC_BYTES), aligned(sizeof(acc_t)), may_alias));
+    constexpr int64_t kVec = sizeof(Vec) / sizeof(acc_t), kBlock = 4, kSpan = kVec * kBlock, kRows = 64;
+    const int64_t body = P - P % kSpan;
+    for (int64_t r0 = 0; r0 < M; r0 += kRows) {
+      const int64_t r1 = std::min(M, r0 + kRows);
+      for (int64_t q = 0; q < Q; ++q) {
+        acc_t* __restrict o = out + q * P;
+        for (int64_t w0 = 0; w0 < body; w0 += kSpan) {
+          Vec acc[kBlock];
+          for (int64_t u = 0; u < kBlock; ++u) acc[u] = reinterpret_cast<const Vec*>(o + w0)[u];
+          for (int64_t r = r0; r < r1; ++r) {
+            const acc_t v = g[r * Q + q];
+            const Vec* src = reinterpret_cast<const Vec*>(x + r * P + w0);
+            for (int64_t u = 0; u < kBlock; ++u) acc[u] += v * src[u];
+          }
+          for (int64_t u = 0; u < kBlock; ++u) reinterpret_cast<Vec*>(o + w0)[u] = acc[u];
+        }
+        for (int64_t w = body; w < P; ++w) {
+          acc_t sum = o[w];
+          for (int64_t r = r0; r < r1; ++r) sum += g[r * Q + q] * x[r * P + w];
+          o[w] = sum;
+        }
+      }
+    }
+  }
+
   // y[i] += a x[i], i < n
   template <typename acc_t>
   STHFAST_MIXPROP_TARGET static void axpy(int64_t n, acc_t a, const acc_t* __restrict x, acc_t* __restrict y) {

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..reference.pool_patch import num_patches
-from . import Implementation, fused_mixprop, nowhere, sparse
+from . import Implementation, fused_mixprop, nowhere, projected_mixprop, sparse
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,6 +79,29 @@ def mixprop(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ..
     return fused_mixprop.call(torch.ops.sthfast.mixprop_forward, x, structure, vals, hops, depth, beta)
 
 
+def projected(x: Tensor, structure, values, hops: tuple[tuple[bool, int], ...], depth: int, beta: float,
+              weight: Tensor, bias: Tensor | None, stages=()) -> Tensor:
+    """The projected MixProp on the CPU (``csrc/projected_mixprop/``): ``x [B, C, N, T]`` ->
+    ``[B, C_out, N, T]`` without the ``(depth + 1) C`` expansion; see
+    :mod:`sthfast.backends.projected_mixprop`."""
+    _require()
+    return projected_mixprop.fused_projector(x, structure, values, hops, depth, beta, weight, bias, stages)
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout with a hashed mask (``csrc/dropout/``): the same distribution as
+    :func:`sthfast.reference.dropout`, in one pass over ``x``, the mask a hash of a seed drawn from
+    torch's generator (so ``torch.manual_seed`` and a resumed run's RNG state fix it) and of each
+    entry's index; the backward recomputes it instead of keeping it."""
+    _require()
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return x * 0
+    seed = torch.randint(-(2 ** 63), 2 ** 63 - 1, (), dtype=torch.int64)
+    return torch.ops.sthfast.hashed_dropout(x, p, seed)
+
+
 def mixprop_tile_width(num_nodes: int, channels: int, steps: int, value_bytes: int = 4) -> int:
     """Values per row of the fused MixProp's tiles (``csrc/mixprop/mixprop.h``), for the memory model."""
     _require()
@@ -87,7 +110,25 @@ def mixprop_tile_width(num_nodes: int, channels: int, steps: int, value_bytes: i
 
 def _register_python_parts() -> None:
     _register_pool_patch()
+    _register_dropout()
     fused_mixprop.register("sthfast::mixprop_forward", "sthfast::mixprop_backward")
+    projected_mixprop.register()
+
+
+def _register_dropout() -> None:
+    @torch.library.register_fake("sthfast::hashed_dropout")
+    def _(x, p, seed):
+        return torch.empty_like(x)
+
+    def setup_context(ctx, inputs, output):
+        ctx.p = inputs[1]
+        ctx.save_for_backward(inputs[2])
+
+    def backward(ctx, grad):                  # the same mask on the gradient (differentiable again)
+        seed, = ctx.saved_tensors
+        return torch.ops.sthfast.hashed_dropout(grad, ctx.p, seed), None, None
+
+    torch.library.register_autograd("sthfast::hashed_dropout", backward, setup_context=setup_context)
 
 
 def _register_pool_patch() -> None:
@@ -147,11 +188,13 @@ def _implementations() -> tuple[Implementation, ...]:
     structures (``cpp``), which ``auto`` takes on the CPU; the constructors are sparse's, there
     so that naming ``cpp`` works, never taken by ``auto`` (which resolves them on their own: the
     tiled search or FAISS, by size)."""
-    fused = sparse.backend_ops(sparse.topk, fused=mixprop)
+    fused = sparse.backend_ops(sparse.topk, fused=mixprop, projector=projected)
     return (Implementation("pool_patch", "cpp", pool_patch, auto_on=runs_on_cpu),
+            Implementation("dropout", "cpp", dropout, auto_on=runs_on_cpu),
             Implementation("pool_patch", "cuda", pool_patch, auto_on=runs_on_cuda),
             *(Implementation(op, "cpp", fused[op], auto_on=runs_on_cpu)
-              for op in ("hypergraph_mixprop", "graph_mixprop")),
+              for op in ("hypergraph_mixprop", "graph_mixprop", "projected_hypergraph_mixprop",
+                         "projected_graph_mixprop")),
             *(Implementation(op, "cpp", fused[op], auto_on=nowhere, runs_on=runs_on_cpu, same_as="sparse")
               for op in ("knn_hypergraph", "adaptive_graph", "static_graph")))
 

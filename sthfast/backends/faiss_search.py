@@ -159,7 +159,8 @@ FAISS_MIN_POINTS = 4096
 # auto takes the searches on large point sets; the others are sparse's, there so that naming
 # ``faiss`` works, never taken by auto (which resolves propagation on its own)
 SEARCHES = ("topk_neighbors", "knn_hypergraph", "adaptive_graph")
-FROM_SPARSE = ("static_graph", "hypergraph_mixprop", "graph_mixprop")
+FROM_SPARSE = ("static_graph", "hypergraph_mixprop", "graph_mixprop", "projected_hypergraph_mixprop",
+               "projected_graph_mixprop")
 IMPLEMENTATIONS = (
     *(Implementation(op, "faiss", OPS[op], auto_on=runs_on, min_points=FAISS_MIN_POINTS) for op in SEARCHES),
     *(Implementation(op, "faiss", OPS[op], auto_on=nowhere, runs_on=runs_on, same_as="sparse") for op in FROM_SPARSE))

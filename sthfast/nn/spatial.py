@@ -220,12 +220,12 @@ class SpatialStream(nn.Module):
         hypergraph = self.hypergraph(inp) if self.hypergraph is not None else None
         with stage("input_convolutions"):
             h = self.start(inp)                                            # [B, C, N, T]
-            skip = self.skip_in(F.dropout(inp, c.dropout, self.training))  # [B, S, N, 1]
+            skip = self.skip_in(ops.dropout(inp, c.dropout, self.training, backend=c.backend))  # [B, S, N, 1]
         for i in range(c.layers):
             residual = h
             with stage("temporal_convolutions"):
                 h = gated_inception(h, self.filters[i], self.gates[i], self.fused)
-                h = F.dropout(h, c.dropout, self.training)
+                h = ops.dropout(h, c.dropout, self.training, backend=c.backend)
                 skip = skip + self.skips[i](h)
             h = self._mix(i, h, graph, hypergraph)
             with stage("residual_and_norm"):
@@ -247,11 +247,16 @@ class SpatialStream(nn.Module):
     def _mix(self, i: int, h: Tensor, graph, hypergraph) -> Tensor:
         """Layer ``i``'s spatial mixing, ``g * graph + (1 - g) * hypergraph`` with learned ``g``:
         ``graph = graph_out(MixProp_A(h)) + graph_in(MixProp_A^T(h))``, ``hypergraph =
-        hyper_mix(MixProp_H(h))`` (1x1 convolutions over the concatenated steps)."""
+        hyper_mix(MixProp_H(h))`` (1x1 convolutions over the concatenated steps). The fast skeleton
+        runs each MixProp with its convolution as one projected MixProp (``g`` folded into the
+        weights), which ``cpp`` fuses so that the concatenated steps never reach memory."""
         c = self.config
         if graph is None and hypergraph is None:
             with stage("residual_and_norm"):
                 return self.residual[i](h)
+        g = torch.sigmoid(self.branch_logit[i]) if graph is not None and hypergraph is not None else None
+        if self.fused:
+            return self._projected_mix(i, h, graph, hypergraph, g)
         terms = []                                      # (1x1 convolution, propagated [B, C (D + 1), N, T])
         if graph is not None:
             with stage("graph_mixprop"):
@@ -262,24 +267,31 @@ class SpatialStream(nn.Module):
             with stage("hypergraph_mixprop"):
                 terms.append((self.hyper_mix[i], ops.hypergraph_mixprop(h, hypergraph, c.gcn_depth,
                                                                         c.prop_alpha, backend=c.backend)))
-        g = torch.sigmoid(self.branch_logit[i]) if len(terms) == 3 else None
         with stage("mixprop_projection"):
-            if self.fused:
-                scales = [1.0] * len(terms) if g is None else [g, g, 1 - g]
-                return project(terms, scales)
             branches = [terms[0][0](terms[0][1]) + terms[1][0](terms[1][1])] if graph is not None else []
             branches += [terms[-1][0](terms[-1][1])] if hypergraph is not None else []
             return branches[0] if g is None else g * branches[0] + (1 - g) * branches[1]
 
+    def _projected_mix(self, i: int, h: Tensor, graph, hypergraph, g: Tensor | None) -> Tensor:
+        """:meth:`_mix` with projected MixProps: ``[B, C, N, T] -> [B, C_res, N, T]``."""
+        c = self.config
+        depth, alpha, backend = c.gcn_depth, c.prop_alpha, c.backend
+        out = None
+        if graph is not None:
+            with stage("graph_mixprop"):
+                for conv, transpose in ((self.graph_out[i], False), (self.graph_in[i], True)):
+                    weight, bias = _scaled(conv, g)
+                    y = ops.projected_graph_mixprop(h, graph, depth, alpha, weight, bias, transpose, backend=backend)
+                    out = y if out is None else out + y
+        if hypergraph is not None:
+            with stage("hypergraph_mixprop"):
+                weight, bias = _scaled(self.hyper_mix[i], None if g is None else 1 - g)
+                y = ops.projected_hypergraph_mixprop(h, hypergraph, depth, alpha, weight, bias, backend=backend)
+                out = y if out is None else out + y
+        return out
 
-def project(terms: list[tuple[nn.Conv2d, Tensor]], scales: list) -> Tensor:
-    """``sum_i scales[i] * conv_i(x_i)`` for 1x1 convolutions ``conv_i`` and ``x_i [B, K, N, T]``, as
-    one chain of batched matrix products (``[C, K] @ [K, N T]`` per sample, accumulated in place of
-    separate outputs and a blend): ``[B, C, N, T]``."""
-    b, _, n, t = terms[0][1].shape
-    bias = sum(scale * conv.bias for (conv, _), scale in zip(terms, scales))
-    out = bias.view(1, -1, 1).expand(b, -1, n * t)
-    for (conv, x), scale in zip(terms, scales):
-        weight = (scale * conv.weight).view(conv.out_channels, -1).expand(b, -1, -1)   # [B, C, K]
-        out = torch.baddbmm(out, weight, x.reshape(b, x.shape[1], n * t))
-    return out.view(b, -1, n, t)
+
+def _scaled(conv: nn.Conv2d, scale: Tensor | None) -> tuple[Tensor, Tensor]:
+    """A 1x1 convolution's weight as ``[C_out, C_in]`` and its bias, times ``scale`` (when given)."""
+    weight, bias = conv.weight.view(conv.out_channels, -1), conv.bias
+    return (weight, bias) if scale is None else (scale * weight, scale * bias)

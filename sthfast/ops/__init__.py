@@ -11,7 +11,8 @@ tensors' device (and, for a neighbour search, the number of points: FAISS only f
 reference works.
 
 Constructor ops (``knn_hypergraph``, ``adaptive_graph``) return a structure that the same
-backend's propagation op (``hypergraph_mixprop``, ``graph_mixprop``) understands: a dense tensor
+backend's propagation ops (``hypergraph_mixprop``, ``graph_mixprop`` and their projected forms,
+the MixProp followed by its 1x1 projection) understand: a dense tensor
 for ``reference``, :class:`sthfast.backends.sparse.SparseRows` for every other backend, so ``auto`` may
 resolve each op on its own (a dense structure goes to the reference). A propagation op named with a
 backend of the other kind is an error that names the backends which build what it was given. A
@@ -34,7 +35,8 @@ from ..backends import AUTO_ORDER, BACKENDS, Implementation, extension, faiss_se
 from ..backends.faiss_search import FAISS_MIN_POINTS as FAISS_MIN_POINTS  # re-exported: ops.FAISS_MIN_POINTS
 
 PAIRS = (("knn_hypergraph", "hypergraph_mixprop"), ("adaptive_graph", "graph_mixprop"),
-         ("static_graph", "graph_mixprop"))
+         ("static_graph", "graph_mixprop"), ("knn_hypergraph", "projected_hypergraph_mixprop"),
+         ("adaptive_graph", "projected_graph_mixprop"), ("static_graph", "projected_graph_mixprop"))
 
 _REGISTRY: dict[str, dict[str, Implementation]] = {}       # op name -> backend name -> implementation
 
@@ -193,6 +195,47 @@ def graph_mixprop(x: Tensor, graph, depth: int, beta: float, transpose: bool = F
     ``[B, C (depth + 1), N, T]``; see :func:`sthfast.reference.graph_mixprop`."""
     chosen = _propagation_backend("graph_mixprop", "adaptive_graph", x, graph, backend)
     return _REGISTRY["graph_mixprop"][chosen].fn(x, graph, depth, beta, transpose)
+
+
+def _check_projection(x: Tensor, depth: int, weight: Tensor, bias: Tensor | None) -> None:
+    """``weight [C_out, C (depth + 1)]`` and ``bias [C_out]`` project the MixProp of ``x [B, C, N, T]``."""
+    if weight.dim() != 2 or x.dim() != 4 or weight.shape[1] != x.shape[1] * (depth + 1):
+        raise ValueError(f"weight {list(weight.shape)} must be [C_out, C (depth + 1)] = [C_out, "
+                         f"{x.shape[1] * (depth + 1) if x.dim() == 4 else 'C (depth + 1)'}] for x {list(x.shape)} "
+                         f"and depth {depth}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"bias {list(bias.shape)} must be [C_out] = [{weight.shape[0]}]")
+
+
+def projected_hypergraph_mixprop(x: Tensor, hypergraph, depth: int, beta: float, weight: Tensor,
+                                 bias: Tensor | None = None, *, backend: str = "auto") -> Tensor:
+    """:func:`hypergraph_mixprop` then its 1x1 projection ``weight [C_out, C (depth + 1)]`` (and
+    ``bias [C_out]``): ``x[B, C, N, T]`` -> ``[B, C_out, N, T]``. ``cpp`` never writes the
+    ``(depth + 1) C`` expansion (:mod:`sthfast.backends.projected_mixprop`); see
+    :func:`sthfast.reference.projected_hypergraph_mixprop`."""
+    _check_projection(x, depth, weight, bias)
+    chosen = _propagation_backend("projected_hypergraph_mixprop", "knn_hypergraph", x, hypergraph, backend)
+    return _REGISTRY["projected_hypergraph_mixprop"][chosen].fn(x, hypergraph, depth, beta, weight, bias)
+
+
+def projected_graph_mixprop(x: Tensor, graph, depth: int, beta: float, weight: Tensor, bias: Tensor | None = None,
+                            transpose: bool = False, *, backend: str = "auto") -> Tensor:
+    """:func:`graph_mixprop` then its 1x1 projection ``weight [C_out, C (depth + 1)]`` (and
+    ``bias [C_out]``): ``x[B, C, N, T]`` -> ``[B, C_out, N, T]``; see
+    :func:`projected_hypergraph_mixprop` and :func:`sthfast.reference.projected_graph_mixprop`."""
+    _check_projection(x, depth, weight, bias)
+    chosen = _propagation_backend("projected_graph_mixprop", "adaptive_graph", x, graph, backend)
+    return _REGISTRY["projected_graph_mixprop"][chosen].fn(x, graph, depth, beta, weight, bias, transpose)
+
+
+def dropout(x: Tensor, p: float, training: bool, *, backend: str = "auto") -> Tensor:
+    """Zero each entry of ``x`` with probability ``p`` and scale the rest by ``1 / (1 - p)`` when
+    ``training`` (``x`` itself otherwise); see :func:`sthfast.reference.dropout`. ``cpp`` hashes a
+    seed drawn from torch's generator with each entry's index instead of drawing a Bernoulli
+    variable per entry: the same distribution, other draws."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p={p} must be in [0, 1]")
+    return _impl("dropout", backend, x.device)(x, p, training)
 
 
 for _backend in (reference, sparse, extension, triton, faiss_search):

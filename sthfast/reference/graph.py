@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .hypergraph import apply_operator
-from .mixprop import mixprop
+from .mixprop import mixprop, projection
 from .neighbors import topk_neighbors
 
 
@@ -62,3 +62,10 @@ def graph_mixprop(x: Tensor, adjacency: Tensor, depth: int, beta: float, transpo
     -> ``[B, C (depth + 1), N, T]`` (see :func:`mixprop`)."""
     operator = graph_operator(adjacency.T if transpose else adjacency)
     return mixprop(x, lambda h: apply_operator(h, operator), depth, beta)
+
+
+def projected_graph_mixprop(x: Tensor, adjacency: Tensor, depth: int, beta: float, weight: Tensor,
+                            bias: Tensor | None = None, transpose: bool = False) -> Tensor:
+    """:func:`graph_mixprop` then the 1x1 projection ``weight [C_out, C (depth + 1)]`` (and
+    ``bias [C_out]``): ``x [B, C, N, T] -> [B, C_out, N, T]``."""
+    return projection(graph_mixprop(x, adjacency, depth, beta, transpose), weight, bias)

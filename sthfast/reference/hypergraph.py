@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .mixprop import mixprop
+from .mixprop import mixprop, projection
 from .neighbors import topk_neighbors
 
 
@@ -138,3 +138,10 @@ def hypergraph_mixprop(x: Tensor, incidence: Tensor, depth: int, beta: float) ->
         return mixprop(x, lambda h: apply_operator(h, operator), depth, beta)
     halves = hypergraph_halves(incidence)                           # once per call, not per step
     return mixprop(x, lambda h: hypergraph_propagate(h, incidence, halves), depth, beta)
+
+
+def projected_hypergraph_mixprop(x: Tensor, incidence: Tensor, depth: int, beta: float, weight: Tensor,
+                                 bias: Tensor | None = None) -> Tensor:
+    """:func:`hypergraph_mixprop` then the 1x1 projection ``weight [C_out, C (depth + 1)]`` (and
+    ``bias [C_out]``): ``x [B, C, N, T] -> [B, C_out, N, T]``."""
+    return projection(hypergraph_mixprop(x, incidence, depth, beta), weight, bias)

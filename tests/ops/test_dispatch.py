@@ -15,10 +15,12 @@ def test_auto_picks_per_op_on_cpu():
     from sthfast.backends import extension
 
     assert set(ops.OPS) == {"pool_patch", "topk_neighbors", "knn_hypergraph", "hypergraph_mixprop",
-                            "adaptive_graph", "graph_mixprop", "static_graph"}
-    fused = ("pool_patch", "hypergraph_mixprop", "graph_mixprop")   # the extension's, where built
+                            "adaptive_graph", "graph_mixprop", "static_graph", "projected_hypergraph_mixprop",
+                            "projected_graph_mixprop", "dropout"}
+    fused = ("pool_patch", "hypergraph_mixprop", "graph_mixprop", "projected_hypergraph_mixprop",
+             "projected_graph_mixprop", "dropout")   # the extension's, where built
     for op in ops.OPS:
-        fallback = "reference" if op == "pool_patch" else "sparse"
+        fallback = "reference" if op in ("pool_patch", "dropout") else "sparse"
         want = ("cpp" if extension.available() else fallback) if op in fused else "sparse"
         assert ops.resolve(op, "auto", "cpu") == want
         assert ops.resolve(op, "reference", "cpu") == "reference"

@@ -56,15 +56,18 @@ spmm = define_spmm("sparse", _rows, _sampled)
 
 
 def backend_ops(topk: Callable[..., Tensor], spmm: Callable[..., Tensor] | None = None,
-                fused: Callable[..., Tensor] | None = None) -> dict[str, Callable]:
+                fused: Callable[..., Tensor] | None = None,
+                projector: mixprop.Projector | None = None) -> dict[str, Callable]:
     """The structure / propagation ops of :mod:`sthfast.ops` built on ``topk`` (``topk(query, key,
     k, metric, self_first, approximate) -> [..., N, k]``); the MixProps run step by step through
     ``spmm`` or with a ``fused`` MixProp (:func:`sthfast.backends.fused_mixprop.call`'s signature
-    less its first argument), one of the two (see :mod:`.mixprop`)."""
+    less its first argument), one of the two (see :mod:`.mixprop`); the projected MixProps with
+    ``projector`` (a fused kernel), else that MixProp followed by the projection."""
     if (spmm is None) == (fused is None):
         raise ValueError("backend_ops takes a sparse product or a fused MixProp, one of the two")
     propagator = (mixprop.fused(fused) if fused is not None
                   else functools.partial(mixprop.by_steps, spmm))
+    projector = projector or mixprop.composed(propagator)
 
     def knn_hypergraph(z: Tensor, k: int, binary: bool, temperature: float | Tensor,
                        neighbors: Tensor | None) -> SparseRows:
@@ -92,9 +95,18 @@ def backend_ops(topk: Callable[..., Tensor], spmm: Callable[..., Tensor] | None 
                       transpose: bool) -> Tensor:
         return mixprop.graph_mixprop(propagator, x, adjacency, depth, beta, transpose)
 
+    def projected_hypergraph_mixprop(x: Tensor, incidence_t: SparseRows, depth: int, beta: float, weight: Tensor,
+                                     bias: Tensor | None) -> Tensor:
+        return mixprop.projected_hypergraph_mixprop(projector, x, incidence_t, depth, beta, weight, bias)
+
+    def projected_graph_mixprop(x: Tensor, adjacency: SparseRows, depth: int, beta: float, weight: Tensor,
+                                bias: Tensor | None, transpose: bool) -> Tensor:
+        return mixprop.projected_graph_mixprop(projector, x, adjacency, depth, beta, weight, bias, transpose)
+
     return dict(topk_neighbors=topk, knn_hypergraph=knn_hypergraph, adaptive_graph=adaptive_graph,
                 static_graph=structure.with_self_loops, hypergraph_mixprop=hypergraph_mixprop,
-                graph_mixprop=graph_mixprop)
+                graph_mixprop=graph_mixprop, projected_hypergraph_mixprop=projected_hypergraph_mixprop,
+                projected_graph_mixprop=projected_graph_mixprop)
 
 
 topk = define_topk("sparse", topk_neighbors.topk_neighbors)

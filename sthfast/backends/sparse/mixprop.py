@@ -18,6 +18,9 @@ Spmm = Callable[..., Tensor]
 Hops = tuple[tuple[bool, int], ...]
 # (x, structure, values, hops, depth, beta, stages) -> [B, C (depth + 1), N, T]
 Propagator = Callable[..., Tensor]
+# (x, structure, values, hops, depth, beta, weight [C_out, C (depth + 1)], bias [C_out] | None, stages)
+#   -> [B, C_out, N, T]: the MixProp then its 1x1 projection (sthfast.backends.projected_mixprop)
+Projector = Callable[..., Tensor]
 
 HYPERGRAPH_HOPS: Hops = ((False, 0), (True, 1))   # H^T (gather), then H (spread)
 HYPERGRAPH_STAGES = ("v2e", "e2v")                 # the profiler's names of those two products
@@ -71,6 +74,16 @@ def fused(mixprop: Callable[..., Tensor]) -> Propagator:
     return run
 
 
+def composed(propagate: Propagator) -> Projector:
+    """A projector that runs ``propagate``'s MixProp, then :func:`sthfast.reference.projection`
+    (for the backends without a fused projected MixProp)."""
+    def run(x: Tensor, s: SparseRows, values: Sequence[Tensor], hops: Hops, depth: int, beta: float,
+            weight: Tensor, bias: Tensor | None, stages: Sequence[str] = ()) -> Tensor:
+        return reference.projection(propagate(x, s, values, hops, depth, beta, stages), weight, bias)
+
+    return run
+
+
 def hypergraph_values(s: SparseRows, beta: float) -> tuple[Tensor, Tensor]:
     """The values of ``H^T`` with the normalisations folded in (O(nnz), differentiable): ``gather``
     (``D_e^-1 H^T``: the hyperedge mean of its members) and ``spread`` (``(1 - beta) D_v^-1``: the
@@ -102,3 +115,18 @@ def graph_mixprop(propagate: Propagator, x: Tensor, adjacency: SparseRows, depth
     ``x [B, C, N, T] -> [B, C (depth + 1), N, T]``."""
     return propagate(x, adjacency, (graph_values(adjacency, beta, transpose),), graph_hops(transpose),
                      depth, beta)
+
+
+def projected_hypergraph_mixprop(project: Projector, x: Tensor, incidence_t: SparseRows, depth: int, beta: float,
+                                 weight: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`hypergraph_mixprop` then its 1x1 projection ``weight [C_out, C (depth + 1)]`` (and
+    ``bias``): ``x [B, C, N, T] -> [B, C_out, N, T]``."""
+    return project(x, incidence_t, hypergraph_values(incidence_t, beta), HYPERGRAPH_HOPS, depth, beta, weight, bias,
+                   HYPERGRAPH_STAGES)
+
+
+def projected_graph_mixprop(project: Projector, x: Tensor, adjacency: SparseRows, depth: int, beta: float,
+                            weight: Tensor, bias: Tensor | None, transpose: bool = False) -> Tensor:
+    """:func:`graph_mixprop` then its 1x1 projection: ``x [B, C, N, T] -> [B, C_out, N, T]``."""
+    return project(x, adjacency, (graph_values(adjacency, beta, transpose),), graph_hops(transpose), depth, beta,
+                   weight, bias)

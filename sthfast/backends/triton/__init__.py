@@ -16,7 +16,8 @@ from ... import optional_deps
 from .. import Implementation
 
 # sparse's structure builders and propagations, over Triton's search and sparse-product kernels
-RUNS = ("topk_neighbors", "knn_hypergraph", "adaptive_graph", "static_graph", "hypergraph_mixprop", "graph_mixprop")
+RUNS = ("topk_neighbors", "knn_hypergraph", "adaptive_graph", "static_graph", "hypergraph_mixprop", "graph_mixprop",
+        "projected_hypergraph_mixprop", "projected_graph_mixprop")
 
 
 def auto_on(device: torch.device) -> bool:

@@ -1,0 +1,111 @@
+"""The projected MixProp: a MixProp followed by its 1x1 projection, as one op whose fused kernel
+never writes the ``[B, C (depth + 1), N, T]`` expansion (C++ on the CPU:
+``csrc/projected_mixprop/``, ``sthfast::projected_mixprop_forward`` / ``_backward``).
+
+With ``h_0 = x``, ``h_{j+1} = beta x + P h_j`` (``P``'s values carrying ``1 - beta``) and the
+projection ``out = sum_j W_j h_j`` (``W_j``: the ``C_out x C`` block of the weight that reads
+``h_j``), the projection acts on channels and ``P`` on nodes, so they commute and
+
+    out = sum_j P^j (K_j x),   K_j = W_j + beta sum_{k > j} W_k        (:func:`horner_coefficients`)
+
+which the kernel evaluates by Horner's rule, ``y_D = K_D x``, ``y_j = K_j x + P y_{j+1}``,
+``out = y_0``: ``x`` read once, ``out`` written once. The coefficients are computed here with torch
+ops, so the weight's gradient follows from ``K``'s. Without a fused kernel (the reference, and the
+backends whose MixProp is not fused with its projection) the op is the MixProp and then
+:func:`sthfast.reference.projection`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .fused_mixprop import recomputed_backward
+
+FORWARD = "sthfast::projected_mixprop_forward"
+BACKWARD = "sthfast::projected_mixprop_backward"
+
+
+def horner_coefficients(weight: Tensor, depth: int, beta: float) -> Tensor:
+    """The projection ``weight [C_out, C (depth + 1)]`` (blocks ``W_0 .. W_depth`` of ``C``
+    columns) -> ``K [depth + 1, C_out, C]``, ``K_j = W_j + beta sum_{k > j} W_k``."""
+    c_out = weight.shape[0]
+    blocks = weight.reshape(c_out, depth + 1, -1).transpose(0, 1)            # [D + 1, C_out, C]
+    after = blocks.flip(0).cumsum(0).flip(0) - blocks                         # sum_{k > j} W_k
+    return blocks + beta * after
+
+
+def call(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ...], coeffs: Tensor) -> Tensor:
+    """The fused kernel over ``x [B, C, N, T]`` -> ``[B, C_out, N, T]``: ``structure`` a
+    :class:`~sthfast.backends.sparse.SparseRows`, ``vals [V, nnz]`` its value vectors, ``hops``
+    the chain of ``P`` (as :func:`sthfast.backends.fused_mixprop.call`), ``coeffs [D + 1, C_out, C]``
+    from :func:`horner_coefficients`. Gradients reach ``x``, ``vals`` and ``coeffs``."""
+    s = structure
+    index = [t.long().contiguous() for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
+    return torch.ops.sthfast.projected_mixprop_forward(*index, vals, x, coeffs.to(vals.dtype),
+                                                       [int(t) for t, _ in hops], [v for _, v in hops],
+                                                       -1 if s.blocks is None else s.blocks)
+
+
+def fused_projector(x: Tensor, structure, values: list[Tensor], hops, depth: int, beta: float, weight: Tensor,
+                    bias: Tensor | None, stages=()) -> Tensor:
+    """A projector (:data:`sthfast.backends.sparse.mixprop.Projector`) on the fused kernel (it has
+    no per-hop ``stages``)."""
+    out = call(x, structure, torch.stack(list(values)), hops, horner_coefficients(weight, depth, beta))
+    return out if bias is None else out + bias.view(1, -1, 1, 1).to(out.dtype)
+
+
+def register() -> None:
+    """Fake kernels and the autograd rule of the op pair (defined by the extension's schemas)."""
+    backward_op = torch.ops.sthfast.projected_mixprop_backward
+
+    @torch.library.register_fake(FORWARD)
+    def _(row_ptr, col, col_ptr, t_col, from_t, vals, x, coeffs, hop_transpose, hop_value, blocks):
+        b, _, n, t = x.shape
+        return x.new_empty(b, coeffs.shape[1], n, t)
+
+    @torch.library.register_fake(BACKWARD)
+    def _(grad, x, row_ptr, col, col_ptr, t_col, from_t, vals, coeffs, hop_transpose, hop_value, blocks,
+          need_vals, need_coeffs):
+        return vals.new_empty(vals.shape), x.new_empty(x.shape), coeffs.new_empty(coeffs.shape)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:8])
+        ctx.config = inputs[8:]
+
+    def backward_rule(ctx, grad):
+        *index, vals, x, coeffs = ctx.saved_tensors
+        need_vals, need_x, need_coeffs = ctx.needs_input_grad[5:8]
+        if torch.is_grad_enabled():          # create_graph: differentiate the step-by-step twin
+            twin = lambda: [_by_steps(x, index, vals, coeffs, *ctx.config)]
+            grad_vals, grad_x, grad_coeffs = recomputed_backward(twin, [vals, x, coeffs], [grad])
+        else:
+            grad_vals, grad_x, grad_coeffs = backward_op(grad, x, *index, vals, coeffs, *ctx.config, need_vals,
+                                                         need_coeffs)
+        return (None, None, None, None, None, grad_vals if need_vals else None, grad_x if need_x else None,
+                grad_coeffs if need_coeffs else None, None, None, None)
+
+    torch.library.register_autograd(FORWARD, backward_rule, setup_context=setup_context)
+
+
+def _by_steps(x: Tensor, index: list[Tensor], vals: Tensor, coeffs: Tensor, hop_transpose: list[int],
+              hop_value: list[int], blocks: int) -> Tensor:
+    """The kernel's twin in torch ops: Horner's rule with the ``sparse`` backend's products."""
+    from .sparse import SparseRows, spmm  # noqa: PLC0415 (sparse imports this module's users)
+    from .sparse.mixprop import channel_major, node_major  # noqa: PLC0415
+
+    row_ptr, col, col_ptr, t_col, from_t = index
+    row = torch.repeat_interleave(torch.arange(row_ptr.shape[0] - 1, device=col.device), row_ptr.diff())
+    s = SparseRows(row_ptr, col, row, col_ptr, t_col, from_t, vals[0], None if blocks == -1 else blocks)
+    structures = [s._replace(val=v) for v in vals.unbind(0)]
+    hops = list(zip(hop_transpose, hop_value))
+    project: Callable[[int], Tensor] = lambda j: torch.einsum("oc,bcnt->bont", coeffs[j], x)
+    y = node_major(project(coeffs.shape[0] - 1), s.blocks)
+    for j in range(coeffs.shape[0] - 2, -1, -1):
+        for transpose, v in hops:
+            y = spmm(structures[v], y, transpose=bool(transpose))
+        y = y + node_major(project(j), s.blocks)
+    like = torch.empty(x.shape[0], coeffs.shape[1], *x.shape[2:], device="meta")    # channel_major reads its shape
+    return channel_major(y.unsqueeze(0), like, s.blocks)
