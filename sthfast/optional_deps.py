@@ -69,7 +69,7 @@ def probe(name: str) -> Found:
             return Found(name, False, "this CPU has no bfloat16 matrix instructions (AMX-BF16, "
                                       "AVX512-BF16; or torch cannot tell): bfloat16 training is off "
                                       "by default")
-        return Found(name, True, f"{' and '.join(units)}: --bf16 is on by default from seq_len 48")
+        return Found(name, True, f"{' and '.join(units)}: --bf16 is on by default")
     raise ValueError(f"unknown optional piece {name!r}")
 
 

@@ -33,11 +33,6 @@ PROTOCOLS = {
 TRAIN_MODEL_DEFAULTS = dict(seasonal_residual="auto", gate_init=0.1)
 # taken from the data (and --time-features), never from flags
 DATA_FIELDS = ("num_nodes", "in_features", "time_of_day_channel", "day_of_week_channel", "slots_per_day")
-# bfloat16 autocast is on by default on CPUs with bfloat16 matrix instructions (AMX-BF16 or
-# AVX512-BF16) from this input length: per training step at 48 -> 48 measured 1.4x faster on an AMX
-# Xeon (RESULTS.md) and 1.5x on an AVX512-BF16 EPYC (PROFILE.md); at 12 -> 12 its accuracy against
-# float32 is not measured yet (README, Speed)
-BF16_MIN_SEQ_LEN = 48
 
 
 @dataclass
@@ -101,7 +96,7 @@ class TrainConfig:
     dist_timeout: float = help_field(600.0, "Under torchrun: seconds a process waits for the others in a collective "
                                             "before it fails (a stuck process stops the job instead of hanging it).")
     bf16: bool | None = help_field(None, "bfloat16 autocast of the training forward; default on for CPUs with "
-                                         "bfloat16 matrix instructions from seq_len 48 (README, Speed).")
+                                         "bfloat16 matrix instructions (README, Speed).")
     compile: bool = help_field(False, "torch.compile the model for the training steps (inductor: the first step "
                                       "compiles, over two minutes on 2 CPU cores; evaluation runs eagerly).")
     threads: int | None = help_field(None, "CPU threads for torch (default: torch's choice).")

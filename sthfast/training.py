@@ -33,15 +33,18 @@ from .metrics import masked_loss, valid_mask
 from .model import STHSepNet
 from .nn.backbone import EMBEDDED as EMBEDDED_BACKBONE
 from .nn.backbone import backbone_fingerprint
-from .train_config import BF16_MIN_SEQ_LEN, DATA_FIELDS, PROTOCOLS, TRAIN_MODEL_DEFAULTS, TrainConfig
+from .train_config import DATA_FIELDS, PROTOCOLS, TRAIN_MODEL_DEFAULTS, TrainConfig
 
 
 def use_bf16(tc: TrainConfig, config: STHSepNetConfig, device: torch.device) -> bool:
     """Whether the training forward runs under bfloat16 autocast: ``tc.bf16`` when given, else on
-    for CPUs with bfloat16 matrix instructions and inputs of at least :data:`BF16_MIN_SEQ_LEN` steps."""
+    for CPUs with bfloat16 matrix instructions (AMX-BF16 or AVX512-BF16). Measured per training step
+    1.4x faster at 48 -> 48 on an AMX Xeon (RESULTS.md) and 1.5x on an AVX512-BF16 EPYC (PROFILE.md);
+    at 12 -> 12 on that EPYC, epochs 1.28x faster at the same test MAE on LOS-LOOP and NYCBIKE1-TAIL
+    (benchmarks/bf16_accuracy.json)."""
     if tc.bf16 is not None:
         return tc.bf16
-    return device.type == "cpu" and config.seq_len >= BF16_MIN_SEQ_LEN and optional_deps.probe("cpu_bf16").ok
+    return device.type == "cpu" and optional_deps.probe("cpu_bf16").ok
 
 
 def model_config(series: SensorSeries, cal: Calendar, boundaries: tuple[int, int], tc: TrainConfig,
@@ -211,8 +214,8 @@ def set_up(tc: TrainConfig, model_overrides: dict[str, Any], ranks: distributed.
                 state[key] = value.to(device)
     bf16 = use_bf16(tc, config, device)
     if bf16 and tc.bf16 is None:
-        tqdm.write("training under bfloat16 autocast (a CPU with bfloat16 matrix instructions, seq_len >= "
-                   f"{BF16_MIN_SEQ_LEN}); --no-bf16 trains in float32")
+        tqdm.write("training under bfloat16 autocast (a CPU with bfloat16 matrix instructions); --no-bf16 trains "
+                   "in float32")
     return TrainingRun(tc, config, data, run_meta, model, optimizer, scheduler, progress, device, bf16, ranks)
 
 

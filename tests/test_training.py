@@ -391,7 +391,7 @@ def test_bf16_trains_on_the_cpu(tiny_backbones, tmp_path, monkeypatch):
     assert np.isfinite(summary["test"]["model"]["all"]["mae"])
 
 
-def test_bf16_default_is_on_only_for_bf16_cpus_from_48_steps(monkeypatch):
+def test_bf16_default_is_on_only_for_bf16_cpus(monkeypatch):
     from sthfast import STHSepNetConfig, optional_deps
     from sthfast.optional_deps import Found
     from sthfast.training import use_bf16
@@ -400,8 +400,8 @@ def test_bf16_default_is_on_only_for_bf16_cpus_from_48_steps(monkeypatch):
     long, short = STHSepNetConfig(seq_len=48), STHSepNetConfig(seq_len=12, patch_len=4, stride=2)
     for has in (True, False):
         monkeypatch.setattr(optional_deps, "probe", lambda name, has=has: Found(name, has and name == "cpu_bf16", ""))
-        assert use_bf16(TrainConfig(), long, cpu) is has
-        assert not use_bf16(TrainConfig(), short, cpu) and not use_bf16(TrainConfig(), long, cuda)
+        assert use_bf16(TrainConfig(), long, cpu) is has and use_bf16(TrainConfig(), short, cpu) is has
+        assert not use_bf16(TrainConfig(), long, cuda)
         assert use_bf16(TrainConfig(bf16=True), short, cpu) and not use_bf16(TrainConfig(bf16=False), long, cpu)
 
 
