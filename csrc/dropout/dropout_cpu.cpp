@@ -1,5 +1,6 @@
 // Dropout whose mask is a hash of (seed, element index) instead of a stored or drawn tensor:
-//   out[i] = x[i] / (1 - p)  where  hash(seed, i) >= p 2^32,  else 0.
+//   out[i] = x[i] / (1 - p')  where  hash(seed, i) >= p 2^32,  else 0
+// (p' = floor(p 2^32) / 2^32, the share the hash drops, within 2^-32 of p).
 // One pass over x, vectorisable (32-bit integer hash, no random-number state), and the backward is
 // the same op on the gradient with the same seed: the mask is recomputed, never kept. torch's
 // dropout draws a Bernoulli variable per element from its generator (about 13 ns each on a 2-core
@@ -41,11 +42,12 @@ inline __attribute__((always_inline)) void apply(const scalar_t* x, scalar_t* ou
     const uint64_t high = static_cast<uint64_t>(lo) >> 32;
     const int64_t stop = std::min<int64_t>(end, static_cast<int64_t>((high + 1) << 32));
     const uint32_t key = seed_lo ^ lowbias32(seed_hi ^ static_cast<uint32_t>(high));
-    const uint32_t first = static_cast<uint32_t>(lo), count = static_cast<uint32_t>(stop - lo);
+    const uint32_t first = static_cast<uint32_t>(lo);
+    const int64_t count = stop - lo;                       // up to 2^32: not a uint32_t
     const scalar_t* __restrict src = x + lo;
     scalar_t* __restrict dst = out + lo;
-    for (uint32_t j = 0; j < count; ++j) {                 // 32-bit lanes: the loop vectorises
-      const uint32_t h = lowbias32(lowbias32((first + j) ^ key) + key);
+    for (int64_t j = 0; j < count; ++j) {                  // 32-bit hashing lanes: the loop vectorises
+      const uint32_t h = lowbias32(lowbias32((first + static_cast<uint32_t>(j)) ^ key) + key);
       const acc_t keep = h >= threshold ? scale : acc_t(0);
       dst[j] = static_cast<scalar_t>(static_cast<acc_t>(src[j]) * keep);
     }
@@ -76,7 +78,8 @@ at::Tensor hashed_dropout(const at::Tensor& x_in, double p, const at::Tensor& se
   const uint32_t seed_lo = lowbias32(static_cast<uint32_t>(seed));
   const uint32_t seed_hi = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "hashed_dropout", [&] {
-    const auto scale = static_cast<at::opmath_type<scalar_t>>(1.0 / (1.0 - p));
+    // the share kept is exactly (2^32 - threshold) / 2^32: its inverse keeps the mean unbiased
+    const auto scale = static_cast<at::opmath_type<scalar_t>>(4294967296.0 / (4294967296.0 - threshold));
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {

@@ -1,5 +1,6 @@
-// The fused MixProp's inner loops (mixprop_cpu.cpp describes the op). Included twice by
-// mixprop_cpu.cpp, once per instruction set: STHFAST_MIXPROP_ISA names the namespace of the copy,
+// The fused MixProp's inner loops (mixprop_cpu.cpp describes the op) and the projected MixProp's
+// channel products. Included twice by kernel_copies.h (which mixprop_cpu.cpp and
+// ../projected_mixprop/projected_mixprop_cpu.cpp include), once per instruction set: STHFAST_MIXPROP_ISA names the namespace of the copy,
 // STHFAST_MIXPROP_TARGET its function attribute (empty, or target("avx2,fma")), and
 // STHFAST_MIXPROP_VEC_BYTES the vector width it sums in. Only these leaf functions carry the
 // attribute, so no code shared with the rest of the library (std::, ATen inlines) is compiled for

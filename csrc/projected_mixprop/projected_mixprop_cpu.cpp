@@ -19,7 +19,7 @@
 //   dL/dvals: the hop value gradients of y_j = K_j x + P y_{j+1} against G_j, which need y_{j+1}:
 //   recomputed from x (only when value gradients are asked for).
 // Value and coefficient gradients are summed per chunk of work items, then over chunks in order,
-// so the result does not depend on the scheduling. Half types are computed in float.
+// so for a given number of threads the result does not depend on the scheduling. Half types are computed in float.
 #include "../mixprop/kernel_copies.h"
 #include "../mixprop/mixprop.h"
 
@@ -173,12 +173,12 @@ at::Tensor forward(const at::Tensor& row_ptr, const at::Tensor& col, const at::T
               coeffs_in.sizes());
   const int64_t D = coeffs_in.size(0) - 1, Co = coeffs_in.size(1);
   auto out = at::empty({x.size(0), Co, x.size(2), x.size(3)}, x.options().memory_format(format));
-  if (out.numel() == 0) return out;
-  if (x.size(1) == 0) return out.zero_();
   const auto acc = at::toOpMathType(x.scalar_type());
   const auto vals = vals_in.to(acc).contiguous(), coeffs_t = coeffs_in.to(acc).transpose(1, 2).contiguous();
   const Operator op = mixprop::make_operator(row_ptr, col, col_ptr, t_col, from_t, vals, x.sizes(), hop_transpose,
-                                             hop_value, blocks, D, 0.0);
+                                             hop_value, blocks, D, 0.0);  // checked before any early return
+  if (out.numel() == 0) return out;
+  if (x.size(1) == 0) return out.zero_();
   const Blocks bl(x.size(0), x.size(1), Co, x.size(2), x.size(3), vals.element_size());
   const int64_t nnz = col.size(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "projected_mixprop_forward_cpu", [&] {

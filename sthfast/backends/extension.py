@@ -118,7 +118,7 @@ def _register_python_parts() -> None:
 def _register_dropout() -> None:
     @torch.library.register_fake("sthfast::hashed_dropout")
     def _(x, p, seed):
-        return torch.empty_like(x)
+        return x.new_empty(x.shape)                  # contiguous, as the kernel writes it
 
     def setup_context(ctx, inputs, output):
         ctx.p = inputs[1]

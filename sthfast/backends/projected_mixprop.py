@@ -44,7 +44,7 @@ def call(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ...],
     from :func:`horner_coefficients`. Gradients reach ``x``, ``vals`` and ``coeffs``."""
     s = structure
     index = [t.long().contiguous() for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
-    return torch.ops.sthfast.projected_mixprop_forward(*index, vals, x, coeffs.to(vals.dtype),
+    return torch.ops.sthfast.projected_mixprop_forward(*index, vals, x, coeffs,
                                                        [int(t) for t, _ in hops], [v for _, v in hops],
                                                        -1 if s.blocks is None else s.blocks)
 
@@ -64,12 +64,13 @@ def register() -> None:
     @torch.library.register_fake(FORWARD)
     def _(row_ptr, col, col_ptr, t_col, from_t, vals, x, coeffs, hop_transpose, hop_value, blocks):
         b, _, n, t = x.shape
-        return x.new_empty(b, coeffs.shape[1], n, t)
+        return x.new_empty(b, coeffs.shape[1], n, t).contiguous(memory_format=_format(x))
 
     @torch.library.register_fake(BACKWARD)
     def _(grad, x, row_ptr, col, col_ptr, t_col, from_t, vals, coeffs, hop_transpose, hop_value, blocks,
           need_vals, need_coeffs):
-        return vals.new_empty(vals.shape), x.new_empty(x.shape), coeffs.new_empty(coeffs.shape)
+        return (vals.new_empty(vals.shape), x.new_empty(x.shape).contiguous(memory_format=_format(x)),
+                coeffs.new_empty(coeffs.shape))
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:8])
@@ -90,6 +91,13 @@ def register() -> None:
     torch.library.register_autograd(FORWARD, backward_rule, setup_context=setup_context)
 
 
+def _format(x: Tensor) -> torch.memory_format:
+    """The kernels' output format for ``x``: channels-last when ``x`` is stored so (and is not also
+    contiguous), else the standard one."""
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _by_steps(x: Tensor, index: list[Tensor], vals: Tensor, coeffs: Tensor, hop_transpose: list[int],
               hop_value: list[int], blocks: int) -> Tensor:
     """The kernel's twin in torch ops: Horner's rule with the ``sparse`` backend's products."""
@@ -101,7 +109,7 @@ def _by_steps(x: Tensor, index: list[Tensor], vals: Tensor, coeffs: Tensor, hop_
     s = SparseRows(row_ptr, col, row, col_ptr, t_col, from_t, vals[0], None if blocks == -1 else blocks)
     structures = [s._replace(val=v) for v in vals.unbind(0)]
     hops = list(zip(hop_transpose, hop_value))
-    project: Callable[[int], Tensor] = lambda j: torch.einsum("oc,bcnt->bont", coeffs[j], x)
+    project: Callable[[int], Tensor] = lambda j: torch.einsum("oc,bcnt->bont", coeffs[j].to(x.dtype), x)
     y = node_major(project(coeffs.shape[0] - 1), s.blocks)
     for j in range(coeffs.shape[0] - 2, -1, -1):
         for transpose, v in hops:

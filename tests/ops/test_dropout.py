@@ -77,3 +77,16 @@ def test_gradcheck_and_opcheck():
     x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
     assert gradcheck(lambda t: torch.ops.sthfast.hashed_dropout(t, 0.25, seed), (x,))
     torch.library.opcheck(torch.ops.sthfast.hashed_dropout, (x, 0.25, seed))
+    permuted = x.detach().permute(2, 0, 1).requires_grad_()          # not contiguous: the fake's strides too
+    torch.library.opcheck(torch.ops.sthfast.hashed_dropout, (permuted, 0.25, seed))
+
+
+@needs_cpp
+def test_the_scale_is_the_inverse_of_the_share_kept():
+    """The hash drops floor(p 2^32) of 2^32 values: the scale is the inverse of the share it keeps,
+    so the mean is unbiased even close to p = 1."""
+    torch.manual_seed(3)
+    p = 1 - 2 ** -20
+    y = _cpp(torch.ones(1 << 22), p)
+    kept_scale = y[y != 0].unique()
+    assert kept_scale.numel() == 1 and kept_scale.item() == pytest.approx(2 ** 20, rel=1e-6)

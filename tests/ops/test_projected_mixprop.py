@@ -131,8 +131,19 @@ def test_opcheck():
     x = features(2, 3, 7, 4, torch.float32, seed=13, grad=True)
     k = _normal(3, 2, 3, dtype=torch.float32, seed=14, grad=True)
     index = [t.long().contiguous() for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
-    torch.library.opcheck(torch.ops.sthfast.projected_mixprop_forward,
-                          (*index, vals, x, k, [0, 1], [0, 1], -1))
+    for xx in (x, x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()):  # fakes' strides too
+        torch.library.opcheck(torch.ops.sthfast.projected_mixprop_forward,
+                              (*index, vals, xx, k, [0, 1], [0, 1], -1))
+
+
+@needs_cpp
+def test_second_derivatives_of_bfloat16_inputs_with_float_weights():
+    """create_graph runs the torch twin, which must cast the float32 coefficients to x's dtype."""
+    h = ops.knn_hypergraph(points(8, 3, torch.float32, seed=15), 3, backend="cpp")
+    x = features(2, 3, 8, 4, torch.float32, seed=16).bfloat16().requires_grad_()
+    y = ops.projected_hypergraph_mixprop(x, h, 2, 0.05, _normal(4, 9, dtype=torch.float32, seed=17), backend="cpp")
+    grad, = torch.autograd.grad(y.float().square().sum(), x, create_graph=True)
+    assert grad.dtype == torch.bfloat16 and grad.requires_grad and torch.isfinite(grad.float()).all()
 
 
 def test_shapes_that_do_not_fit_are_clear_errors():
