@@ -85,7 +85,8 @@ def projected(x: Tensor, structure, values, hops: tuple[tuple[bool, int], ...], 
     ``[B, C_out, N, T]`` without the ``(depth + 1) C`` expansion; see
     :mod:`sthfast.backends.projected_mixprop`."""
     _require()
-    return projected_mixprop.fused_projector(x, structure, values, hops, depth, beta, weight, bias, stages)
+    return projected_mixprop.project(torch.ops.sthfast.projected_mixprop_forward, x, structure, values, hops, depth,
+                                     beta, weight, bias)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -112,7 +113,7 @@ def _register_python_parts() -> None:
     _register_pool_patch()
     _register_dropout()
     fused_mixprop.register("sthfast::mixprop_forward", "sthfast::mixprop_backward")
-    projected_mixprop.register()
+    projected_mixprop.register("sthfast::projected_mixprop_forward", "sthfast::projected_mixprop_backward")
 
 
 def _register_dropout() -> None:

@@ -1,6 +1,8 @@
-"""The projected MixProp: a MixProp followed by its 1x1 projection, as one op whose fused kernel
-never writes the ``[B, C (depth + 1), N, T]`` expansion (C++ on the CPU:
-``csrc/projected_mixprop/``, ``sthfast::projected_mixprop_forward`` / ``_backward``).
+"""The projected MixProp: a MixProp followed by its 1x1 projection, as one op whose fused kernels
+never write the ``[B, C (depth + 1), N, T]`` expansion: C++ on the CPU (``csrc/projected_mixprop/``,
+``sthfast::projected_mixprop_forward`` / ``_backward``, backend ``cpp``) and Triton on CUDA
+(:mod:`sthfast.backends.triton.projected_mixprop`, ``sthfast::projected_mixprop_forward_triton`` /
+``_backward_triton``, backend ``triton``), both pairs with the schemas below.
 
 With ``h_0 = x``, ``h_{j+1} = beta x + P h_j`` (``P``'s values carrying ``1 - beta``) and the
 projection ``out = sum_j W_j h_j`` (``W_j``: the ``C_out x C`` block of the weight that reads
@@ -24,8 +26,11 @@ from torch import Tensor
 
 from .fused_mixprop import recomputed_backward
 
-FORWARD = "sthfast::projected_mixprop_forward"
-BACKWARD = "sthfast::projected_mixprop_backward"
+FORWARD_SCHEMA = ("(Tensor row_ptr, Tensor col, Tensor col_ptr, Tensor t_col, Tensor from_t, Tensor vals, Tensor x, "
+                  "Tensor coeffs, int[] hop_transpose, int[] hop_value, int blocks) -> Tensor")
+BACKWARD_SCHEMA = ("(Tensor grad, Tensor x, Tensor row_ptr, Tensor col, Tensor col_ptr, Tensor t_col, "
+                   "Tensor from_t, Tensor vals, Tensor coeffs, int[] hop_transpose, int[] hop_value, int blocks, "
+                   "bool need_vals, bool need_coeffs) -> (Tensor, Tensor, Tensor)")
 
 
 def horner_coefficients(weight: Tensor, depth: int, beta: float) -> Tensor:
@@ -37,39 +42,40 @@ def horner_coefficients(weight: Tensor, depth: int, beta: float) -> Tensor:
     return blocks + beta * after
 
 
-def call(x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ...], coeffs: Tensor) -> Tensor:
-    """The fused kernel over ``x [B, C, N, T]`` -> ``[B, C_out, N, T]``: ``structure`` a
+def call(forward: Callable[..., Tensor], x: Tensor, structure, vals: Tensor, hops: tuple[tuple[bool, int], ...],
+         coeffs: Tensor) -> Tensor:
+    """``forward`` (a fused projected MixProp op) over ``x [B, C, N, T]`` -> ``[B, C_out, N, T]``: ``structure`` a
     :class:`~sthfast.backends.sparse.SparseRows`, ``vals [V, nnz]`` its value vectors, ``hops``
     the chain of ``P`` (as :func:`sthfast.backends.fused_mixprop.call`), ``coeffs [D + 1, C_out, C]``
     from :func:`horner_coefficients`. Gradients reach ``x``, ``vals`` and ``coeffs``."""
     s = structure
     index = [t.long().contiguous() for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
-    return torch.ops.sthfast.projected_mixprop_forward(*index, vals, x, coeffs,
-                                                       [int(t) for t, _ in hops], [v for _, v in hops],
-                                                       -1 if s.blocks is None else s.blocks)
+    return forward(*index, vals, x, coeffs, [int(t) for t, _ in hops], [v for _, v in hops],
+                   -1 if s.blocks is None else s.blocks)
 
 
-def fused_projector(x: Tensor, structure, values: list[Tensor], hops, depth: int, beta: float, weight: Tensor,
-                    bias: Tensor | None, stages=()) -> Tensor:
-    """A projector (:data:`sthfast.backends.sparse.mixprop.Projector`) on the fused kernel (it has
-    no per-hop ``stages``)."""
-    out = call(x, structure, torch.stack(list(values)), hops, horner_coefficients(weight, depth, beta))
+def project(forward: Callable[..., Tensor], x: Tensor, structure, values: list[Tensor], hops, depth: int,
+            beta: float, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A projector's work (:data:`sthfast.backends.sparse.mixprop.Projector`, less its per-hop
+    ``stages``) on the fused op ``forward``."""
+    out = call(forward, x, structure, torch.stack(list(values)), hops, horner_coefficients(weight, depth, beta))
     return out if bias is None else out + bias.view(1, -1, 1, 1).to(out.dtype)
 
 
-def register() -> None:
-    """Fake kernels and the autograd rule of the op pair (defined by the extension's schemas)."""
-    backward_op = torch.ops.sthfast.projected_mixprop_backward
+def register(forward: str, backward: str) -> None:
+    """Fake kernels and the autograd rule for the op pair ``forward`` / ``backward`` (qualified
+    names, already defined with :data:`FORWARD_SCHEMA` / :data:`BACKWARD_SCHEMA`)."""
+    backward_op = getattr(torch.ops.sthfast, backward.split("::")[1])
 
-    @torch.library.register_fake(FORWARD)
+    @torch.library.register_fake(forward)
     def _(row_ptr, col, col_ptr, t_col, from_t, vals, x, coeffs, hop_transpose, hop_value, blocks):
         b, _, n, t = x.shape
-        return x.new_empty(b, coeffs.shape[1], n, t).contiguous(memory_format=_format(x))
+        return x.new_empty(b, coeffs.shape[1], n, t).contiguous(memory_format=output_format(x))
 
-    @torch.library.register_fake(BACKWARD)
+    @torch.library.register_fake(backward)
     def _(grad, x, row_ptr, col, col_ptr, t_col, from_t, vals, coeffs, hop_transpose, hop_value, blocks,
           need_vals, need_coeffs):
-        return (vals.new_empty(vals.shape), x.new_empty(x.shape).contiguous(memory_format=_format(x)),
+        return (vals.new_empty(vals.shape), x.new_empty(x.shape).contiguous(memory_format=output_format(x)),
                 coeffs.new_empty(coeffs.shape))
 
     def setup_context(ctx, inputs, output):
@@ -88,10 +94,10 @@ def register() -> None:
         return (None, None, None, None, None, grad_vals if need_vals else None, grad_x if need_x else None,
                 grad_coeffs if need_coeffs else None, None, None, None)
 
-    torch.library.register_autograd(FORWARD, backward_rule, setup_context=setup_context)
+    torch.library.register_autograd(forward, backward_rule, setup_context=setup_context)
 
 
-def _format(x: Tensor) -> torch.memory_format:
+def output_format(x: Tensor) -> torch.memory_format:
     """The kernels' output format for ``x``: channels-last when ``x`` is stored so (and is not also
     contiguous), else the standard one."""
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)

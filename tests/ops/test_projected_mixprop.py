@@ -1,9 +1,10 @@
 """The projected MixProps (``projected_hypergraph_mixprop``, ``projected_graph_mixprop``): the MixProp
-followed by its 1x1 projection, fused on ``cpp`` by Horner's rule. Every fast path against the
-reference (outputs and gradients in x, the structure's inputs, the weight and the bias) over the
-hypergraph (adaptive, binary, per sample) and the graph (both directions), depths 0 to 3, channel
-counts in and out that differ, time blocks (large N); bfloat16; the Horner coefficients by hand;
-second derivatives; opcheck; bad shapes."""
+followed by its 1x1 projection, fused by Horner's rule on ``cpp`` (C++) and ``triton`` (Triton).
+Every fast path against the reference (outputs and gradients in x, the structure's inputs, the
+weight and the bias) over the hypergraph (adaptive, binary, per sample) and the graph (both
+directions), depths 0 to 3, channel counts in and out that differ, time blocks (large N);
+bfloat16; the Horner coefficients by hand; second derivatives; opcheck; the Triton kernels'
+tiles; bad shapes."""
 
 from __future__ import annotations
 
@@ -94,46 +95,91 @@ def test_time_blocks_of_a_large_network_equal_the_reference():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-3)
 
 
-@needs_cpp
-def test_bfloat16_inputs_are_computed_in_float():
-    z = points(20, 4, torch.float32, seed=5)
-    x = features(2, 8, 20, 6, torch.float32, seed=6)
-    w = _normal(8, 24, dtype=torch.float32, seed=7)
-    h = ops.knn_hypergraph(z, 3, backend="cpp")
+@pytest.mark.parametrize("backend,device", fast_paths("projected_hypergraph_mixprop", exclude=("sparse",)))
+def test_bfloat16_inputs_are_computed_in_float(backend, device):
+    z = points(20, 4, torch.float32, seed=5).to(device)
+    x = features(2, 8, 20, 6, torch.float32, seed=6).to(device)
+    w = _normal(8, 24, dtype=torch.float32, seed=7).to(device)
+    h = ops.knn_hypergraph(z, 3, backend=backend)
     results = {}
     for dtype in (torch.bfloat16, torch.float32):
         xx, ww = x.bfloat16().to(dtype).requires_grad_(), w.clone().requires_grad_()
-        y = ops.projected_hypergraph_mixprop(xx, h, 2, 0.05, ww, backend="cpp")
+        y = ops.projected_hypergraph_mixprop(xx, h, 2, 0.05, ww, backend=backend)
         assert y.dtype == dtype
         results[dtype] = [y.float(), *(g.float() for g in torch.autograd.grad(weighted_sum(y.float()), (xx, ww)))]
     for got, want in zip(results[torch.bfloat16], results[torch.float32]):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
-@needs_cpp
-def test_gradcheck_and_second_derivatives():
-    """First derivatives of the kernel pair in float64 (in x, the hop values and the coefficients),
+KERNEL_PAIRS = fast_paths("projected_hypergraph_mixprop", exclude=("sparse",))     # cpp and triton
+
+
+def _forward_op(backend: str):
+    """The fused forward op of ``backend``'s kernel pair."""
+    if backend == "triton":
+        import sthfast.backends.triton.projected_mixprop  # noqa: F401 (defines the op; imports Triton)
+
+        return torch.ops.sthfast.projected_mixprop_forward_triton.default
+    return torch.ops.sthfast.projected_mixprop_forward.default
+
+
+def _on(s, device: str):
+    return s._replace(**{f: getattr(s, f).to(device) for f in s._fields if isinstance(getattr(s, f), torch.Tensor)})
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_PAIRS)
+def test_gradcheck_and_second_derivatives(backend, device):
+    """First derivatives of each kernel pair in float64 (in x, the hop values and the coefficients),
     and (create_graph) second derivatives through its torch twin in x and the coefficients (the
     sparse products have no second derivative in their values)."""
-    s = ops.knn_hypergraph(points(6, 3, seed=9), 3, backend="cpp")
+    s = _on(ops.knn_hypergraph(points(6, 3, seed=9), 3, backend="sparse"), device)
     vals = torch.stack(hypergraph_values(s, 0.1)).detach().requires_grad_()
-    x = features(2, 2, 6, 3, seed=10, grad=True)
-    k = _normal(3, 3, 2, seed=11, grad=True)
-    run = lambda xx, vv, kk: projected_mixprop.call(xx, s, vv, HYPERGRAPH_HOPS, kk)
+    x = features(2, 2, 6, 3, seed=10).to(device).requires_grad_()
+    k = _normal(3, 3, 2, seed=11).to(device).requires_grad_()
+    run = lambda xx, vv, kk: projected_mixprop.call(_forward_op(backend), xx, s, vv, HYPERGRAPH_HOPS, kk)
+    if interpreted(backend, device):      # the interpreter is slow: random projections of the Jacobian
+        assert gradcheck(run, (x, vals, k), fast_mode=True)
+        return                            # (the second derivatives run the torch twin both pairs share)
     assert gradcheck(run, (x, vals, k))
     assert gradgradcheck(lambda xx, kk: run(xx, vals.detach(), kk), (x, k))
 
 
-@needs_cpp
-def test_opcheck():
-    s = ops.knn_hypergraph(points(7, 3, torch.float32, seed=12), 3, backend="cpp")
+@pytest.mark.parametrize("backend,device", KERNEL_PAIRS)
+def test_opcheck(backend, device):
+    s = _on(ops.knn_hypergraph(points(7, 3, torch.float32, seed=12), 3, backend="sparse"), device)
     vals = torch.stack(hypergraph_values(s, 0.1)).detach().requires_grad_()
-    x = features(2, 3, 7, 4, torch.float32, seed=13, grad=True)
-    k = _normal(3, 2, 3, dtype=torch.float32, seed=14, grad=True)
+    x = features(2, 3, 7, 4, torch.float32, seed=13).to(device).requires_grad_()
+    k = _normal(3, 2, 3, dtype=torch.float32, seed=14).to(device).requires_grad_()
     index = [t.long().contiguous() for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
     for xx in (x, x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()):  # fakes' strides too
-        torch.library.opcheck(torch.ops.sthfast.projected_mixprop_forward,
-                              (*index, vals, xx, k, [0, 1], [0, 1], -1))
+        torch.library.opcheck(_forward_op(backend), (*index, vals, xx, k, [0, 1], [0, 1], -1))
+
+
+# (structure, dtype, C, C_out, N, T): the Triton tiles at the model's width (32 channels: 2 steps a
+# program), 16 channels (4 steps), 70 output channels (128 columns, 1 step); 35 rows (three row
+# blocks) and several step blocks per sample; a frozen weight (no coefficient gradient)
+TILE_CASES = {"model-width": ("hypergraph", torch.float32, 32, 32, 35, 5),
+              "narrow-graph": ("graph", torch.float32, 16, 8, 35, 9),
+              "wide-out": ("graph-transposed", torch.float32, 5, 70, 20, 3),
+              "frozen-weight-float64": ("per-sample", D, 4, 6, 18, 6)}
+
+
+@pytest.mark.parametrize("backend,device", fast_paths("projected_hypergraph_mixprop", exclude=("sparse", "cpp")))
+@pytest.mark.parametrize("case", list(TILE_CASES))
+def test_triton_tiles_equal_the_reference(backend, device, case):
+    kind, dtype, c, c_out, n, t = TILE_CASES[case]
+    b, frozen = (3 if kind == "per-sample" else 2), case.startswith("frozen")
+    z0 = points(n, 4, dtype, seed=n, batch=b if kind == "per-sample" else None)
+    inputs = (z0, features(b, c, n, t, dtype, seed=c), _normal(c_out, c * 3, dtype=dtype, seed=7),
+              _normal(c_out, dtype=dtype, seed=8))
+    outs = {}
+    for name, dev in ((backend, device), ("reference", "cpu")):
+        z, x, w, bias = (v.detach().to(dev) for v in inputs)
+        wanted = [v.requires_grad_() for v in ((z, x, bias) if frozen else (z, x, w, bias))]
+        y = _structure_and_run(kind, name, z, x, 2, w, bias)
+        outs[name] = [v.detach().cpu() for v in (y, *torch.autograd.grad(weighted_sum(y), wanted))]
+    for got, want in zip(outs[backend], outs["reference"]):
+        torch.testing.assert_close(got, want, **tolerance(dtype, device))
 
 
 @needs_cpp

@@ -32,14 +32,11 @@ from .launch import MAX_REGISTERS, accumulator, on_device
 
 
 @triton.jit
-def _hop_rows(r0, ptr, idx, emap, vals, first_row, first_col, rows, src, src_cols, dst, dst_cols, add,
-              add_cols, coef, T, fmask, HAS_MAP: tl.constexpr, HAS_ADD: tl.constexpr, BLOCK_R: tl.constexpr,
-              BLOCK_F: tl.constexpr, ACC: tl.constexpr):
-    """Rows ``r0 .. r0 + BLOCK_R`` of one hop: ``dst[r] = sum_e vals[map(e)] src[idx[e] - first_col]``
-    over CSR row ``first_row + r`` (``+ coef add[r]`` with HAS_ADD); a row is ``T`` apart in each
-    buffer, ``*_cols [BLOCK_F]`` the columns' offsets."""
-    r = r0 + tl.arange(0, BLOCK_R)
-    live_r = r < rows
+def _gather_rows(r, live_r, ptr, idx, emap, vals, first_row, first_col, src, src_cols, T, fmask,
+                 HAS_MAP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr, ACC: tl.constexpr):
+    """``[BLOCK_R, BLOCK_F]`` in ACC: ``sum_e vals[map(e)] src[idx[e] - first_col]`` over CSR row
+    ``first_row + r`` for each of the rows ``r`` (``live_r``: those that exist), at the columns
+    ``src_cols`` (a row is ``T`` apart in ``src``)."""
     start = tl.load(ptr + first_row + r, mask=live_r, other=0)
     degree = tl.load(ptr + first_row + r + 1, mask=live_r, other=0) - start
     acc = tl.zeros([BLOCK_R, BLOCK_F], dtype=ACC)
@@ -52,6 +49,20 @@ def _hop_rows(r0, ptr, idx, emap, vals, first_row, first_col, rows, src, src_col
         w = tl.load(vals + e, mask=live, other=0.0).to(ACC)
         v = tl.load(src + j[:, None] * T + src_cols[None, :], mask=live[:, None] & fmask[None, :], other=0.0)
         acc += w[:, None] * v.to(ACC)
+    return acc
+
+
+@triton.jit
+def _hop_rows(r0, ptr, idx, emap, vals, first_row, first_col, rows, src, src_cols, dst, dst_cols, add,
+              add_cols, coef, T, fmask, HAS_MAP: tl.constexpr, HAS_ADD: tl.constexpr, BLOCK_R: tl.constexpr,
+              BLOCK_F: tl.constexpr, ACC: tl.constexpr):
+    """Rows ``r0 .. r0 + BLOCK_R`` of one hop: ``dst[r] = sum_e vals[map(e)] src[idx[e] - first_col]``
+    over CSR row ``first_row + r`` (``+ coef add[r]`` with HAS_ADD); a row is ``T`` apart in each
+    buffer, ``*_cols [BLOCK_F]`` the columns' offsets."""
+    r = r0 + tl.arange(0, BLOCK_R)
+    live_r = r < rows
+    acc = _gather_rows(r, live_r, ptr, idx, emap, vals, first_row, first_col, src, src_cols, T, fmask, HAS_MAP,
+                       BLOCK_R, BLOCK_F, ACC)
     here = live_r[:, None] & fmask[None, :]
     if HAS_ADD:
         acc += coef * tl.load(add + r[:, None] * T + add_cols[None, :], mask=here, other=0.0).to(ACC)
