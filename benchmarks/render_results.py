@@ -214,6 +214,50 @@ def model_section(run: dict) -> list[str]:
     return lines
 
 
+def _medians(run: dict) -> dict[tuple, float]:
+    """``(step, batch, length, n, backend) -> median seconds`` of a ``test_model`` run."""
+    return {(e["step"], e["batch"], e.get("length", 12), e["n"], e["backend"]): b["stats"]["median"]
+            for b in run["benchmarks"] if (e := b["extra_info"]).get("kind") == "model"}
+
+
+def speed_targets_section(step: dict, job: dict, inference: dict) -> list[str]:
+    """Issue 30's speed targets beside what was measured: the training step against the reference
+    and STID (``model_step_n207.json``), the main job's epoch (the newest run of
+    ``main_job.json``) and inference at B = 1 before and after the fused ops
+    (``inference_ab_n207.json``)."""
+    m = _medians(step)
+    train = lambda length, backend: m[("train", 32, length, 207, backend)]
+    run = job["runs"][-1]
+    epochs = sorted(e["train_seconds"] for e in run["epochs"])
+    epoch = epochs[len(epochs) // 2]
+    key = "inference-1-12-auto-207_ms"
+    side = lambda name: [r[key] for r in inference["rounds"] if r["side"] == name]
+    old, new = (sum(v) / len(v) for v in (side("old"), side("new")))
+    rows = [("training step, B = 32, N = 207, 12 -> 12: `auto` at least 5x faster than `reference` (float32)",
+             train(12, "reference") / train(12, "auto"), ">=", 5.0, "x",
+             f"bfloat16: {train(12, 'reference') / train(12, 'auto+bf16'):.2f}x"),
+            ("the same step at most 5x STID's time (float32)", train(12, "auto") / train(12, "stid"), "<=", 5.0, "x",
+             f"bfloat16: {train(12, 'auto+bf16') / train(12, 'stid'):.1f}x"),
+            ("training step at 48 -> 48: at least 5x faster than `reference` (float32)",
+             train(48, "reference") / train(48, "auto"), ">=", 5.0, "x",
+             f"bfloat16: {train(48, 'reference') / train(48, 'auto+bf16'):.2f}x"),
+            ("an epoch of `sthfast train --data embedded --protocol standard` under 6 s on 2 cores", epoch, "<", 6.0,
+             " s", f"median of {len(epochs)} epochs, bfloat16 {'on' if run['bf16'] else 'off'}, {run['cpu']}"),
+            ("inference at B = 1, N = 207, 12 -> 12 no slower than before the fused ops", new / old, "<=", 1.0,
+             "x of before", f"{old:.1f} ms before, {new:.1f} ms after (means of {len(side('new'))} interleaved "
+                            f"rounds)")]
+    met = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
+    lines = ["## Speed targets (issue 30), measured", "",
+             f"From `model_step_n207.json` ({_machine(step)}), the newest run of `main_job.json` "
+             f"({run['date']}, commit {run['commit']}) and `inference_ab_n207.json` ({inference['date']}, "
+             f"{inference['machine']}). Why the missed ones are missed, and the next steps: "
+             "`benchmarks/PROFILE.md` (round 2).", "",
+             "| target | measured | met | note |", "|---|---:|---|---|"]
+    for what, value, op, target, unit, note in rows:
+        lines.append(f"| {what} | {value:.2f}{unit} | {'yes' if met[op](value, target) else 'no'} | {note} |")
+    return lines
+
+
 def profile_section(runs: list[dict]) -> list[str]:
     from sthfast.profile_stages import STAGES, table_rows
 
@@ -274,6 +318,9 @@ def render() -> str:
     model_step = _load("model_step.json")
     if model_step is not None:
         lines += model_section(model_step) + [""]
+    targets = [_load(name) for name in ("model_step_n207.json", "main_job.json", "inference_ab_n207.json")]
+    if all(t is not None for t in targets):
+        lines += speed_targets_section(*targets) + [""]
     profiles = [p for p in (_load(f) for f in sorted(q.name for q in SOURCE.glob("profile_*.json"))) if p]
     if profiles:
         lines += profile_section(profiles)
