@@ -2,7 +2,8 @@
 
     python benchmarks/accuracy_campaign.py [--runs runs/accuracy] [--only PATTERN] [--list]
 
-Every run is ``sthfast train`` into ``RUNS/<dataset>/<variant>-seed<S>``; its metrics.json, with the
+Every run is ``sthfast train`` (or, for the peer, ``benchmarks/stid_peer.py`` with the same flags) into
+``RUNS/<dataset>/<variant>-seed<S>``; its metrics.json, with the
 commit and command, is kept in ``benchmarks/accuracy_results/<dataset>/<variant>-seed<S>.json``
 (committed, so results outlive the run folders; a run with a result is skipped, so the campaign
 can be stopped and continued; delete results to re-run them after a change of defaults).
@@ -84,7 +85,10 @@ VARIANTS = {
     "time_embedding": ("+ time embeddings (d = 16)", ("--time-embedding-dim", "16")),
     "temporal_groups": ("LLM over 4 regional series", ("--temporal-groups", "4")),
     "gate_half": ("gate starting at 0.5 (the paper's)", ("--gate-init", "0.5")),
+    "identity_head": ("+ identity head (d = 32, as STID)", ("--identity-head-dim", "32")),
+    "stid": ("peer: BasicTS STID (its own recipe)", ()),           # benchmarks/stid_peer.py, not sthfast train
 }
+PEERS = {"stid": "benchmarks/stid_peer.py"}       # variant -> the script that trains it on the same flags
 SEEDS = (1, 2, 3)
 # the seasonal residual is 'auto' (off on the weekly chickenpox series and on LOS-LOOP 12 -> 12, where
 # the last reading beats the profile over the horizon): its ablation flips it
@@ -102,6 +106,7 @@ FLIP_SEASONAL = {d: "no_seasonal" for d in (
 # cheapest datasets, then on LOS-LOOP's standard protocol; last, seeds 2 and 3 of those, the
 # hypergraph modes and the adaptive order first (what the spatial stream's design rests on).
 CHEAP = ("chickenpox", "nycbike-out-12")
+TWELVE_STEPS = ("los-loop-standard", "nycbike-out-12", "nycbike-in-12", "montevideo-bus")   # 12 -> 12
 HYPERGRAPH = ("hyper_none", "hyper_binary", "hyper_dynamic", "adaptive_order")
 OTHERS = ("temporal_only", *HYPERGRAPH, "time_embedding", "temporal_groups", "gate_half")
 PLAN: tuple[tuple[str, str, tuple[int, ...]], ...] = (
@@ -118,6 +123,8 @@ PLAN: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("nycbike-out-1", "mse_loss", SEEDS[1:]),       # the one loss whose single seed beat the defaults
     *((name, v, SEEDS[1:]) for v in (*HYPERGRAPH, *(v for v in OTHERS if v not in HYPERGRAPH))
       for name in (*CHEAP, "los-loop-standard")),
+    *((d.name, "stid", SEEDS) for d in DATASETS),     # the peer, on every dataset (issue 31)
+    *((name, "identity_head", SEEDS) for name in TWELVE_STEPS),   # STID's lesson where STID wins
 )
 
 
@@ -133,10 +140,12 @@ def runs_of_plan():
                 yield dataset, variant, seed, name
 
 
-def command(dataset: str, variant: str, seed: int, out: Path) -> list[str]:
+def command(dataset: str, variant: str, seed: int | str, out: Path) -> list[str]:
+    """``sthfast train`` with the dataset's and the variant's flags; a peer's script (:data:`PEERS`)
+    with the same flags, which it reads for the data and protocol."""
     spec = next(d for d in DATASETS if d.name == dataset)
-    return ["sthfast", "train", *spec.args, *VARIANTS[variant][1], "--seed", str(seed), "--out", str(out),
-            "--no-plots"]
+    program = ["python", PEERS[variant]] if variant in PEERS else ["sthfast", "train"]
+    return [*program, *spec.args, *VARIANTS[variant][1], "--seed", str(seed), "--out", str(out), "--no-plots"]
 
 
 def cpu_name() -> str:
@@ -181,7 +190,8 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"{name}: {shlex.join(cmd)}", flush=True)
         with open(runs / f"{name}.log", "w") as log:
-            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+            run = [sys.executable, *cmd[1:]] if cmd[0] == "python" else cmd
+            done = subprocess.run(run, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode:
             print(f"{name}: failed ({done.returncode}), see {runs / name}.log", file=sys.stderr, flush=True)
             continue

@@ -74,52 +74,29 @@ def train_stid(dataset: str, budget: float, start: float) -> None:
     """STID on ``dataset``'s windows until ``budget`` seconds after ``start`` (the wall-clock time
     its parent started this process): one JSON line per epoch on stdout, ``seconds`` since then."""
     import torch
-    from basicts.models.STID import STID, STIDConfig
 
     from sthfast import TrainConfig
     from sthfast.data import prepare
     from sthfast.data.calendar import calendar
     from sthfast.evaluation import evaluate_windows
-    from sthfast.metrics import masked_loss, valid_mask
+
+    sys.path.insert(0, str(HERE))
+    from peers import RECIPE, WindowForecaster, stid_model, train_epoch
 
     flags = DATASETS[dataset][1]
     value = lambda flag, default: flags[flags.index(flag) + 1] if flag in flags else default
     zeros_missing, per_day = DATASETS[dataset][2], DATASETS[dataset][3]
     tc = TrainConfig(data=value("--data", "embedded"), protocol="standard", zeros_missing=zeros_missing)
     series = tc.read_series()
-    target = int(value("--target-feature", 0))
-    data = prepare(series, 12, 12, tc.split_fractions(), target, time_features=("time_of_day", "day_of_week"),
-                   cal=calendar(series, tc.steps_per_day))
+    data = prepare(series, 12, 12, tc.split_fractions(), int(value("--target-feature", 0)),
+                   time_features=("time_of_day", "day_of_week"), cal=calendar(series, tc.steps_per_day))
     torch.manual_seed(tc.seed)
-    model = STID(STIDConfig(input_len=12, output_len=12, num_features=series.num_nodes, num_layers=3,
-                            input_hidden_size=32, spatial_hidden_size=32, tid_hidden_size=32, diw_hidden_size=32,
-                            if_time_in_day=True, if_day_in_week=True, num_time_in_day=per_day, num_day_in_week=7))
-    mean, std = data.target_scale()
-
-    class Forecaster(torch.nn.Module):
-        """STID over sthfast's windows: the scaled target and the calendar channels in, the scaled
-        forecast out (``evaluate_windows`` puts it back on the original scale)."""
-
-        def __init__(self):
-            super().__init__()
-            self.stid = model
-
-        def forward(self, x):
-            return self.stid(x[..., target], x[:, :, 0, -2:])
-
-    forecaster = Forecaster()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    forecaster = WindowForecaster(stid_model(series.num_nodes, 12, 12, per_day), int(value("--target-feature", 0)))
+    optimizer = torch.optim.Adam(forecaster.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
     generator = torch.Generator().manual_seed(tc.seed)
     epoch = 0
     while time.time() - start < budget:
-        forecaster.train()
-        for batch in torch.randperm(len(data.train), generator=generator).split(32):
-            x, y, _ = data.train.batch(batch)
-            pred = forecaster(x) * std + mean                        # original scale, as BasicTS's loss
-            loss = masked_loss(pred, y, valid_mask(y, zeros_missing), "mae")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        train_epoch(forecaster, optimizer, data, zeros_missing, generator)
         val = evaluate_windows(forecaster, data.val, data, zeros_missing, 64, torch.device("cpu"))
         epoch += 1
         print(json.dumps({"epoch": epoch, "seconds": time.time() - start,

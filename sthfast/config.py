@@ -46,12 +46,17 @@ class STHSepNetConfig:
     # --- calendar (sthfast train sets the channels and slots_per_day from the data) --------------
     time_of_day_channel: int | None = help_field(None, "Input feature holding the time of day as a fraction of the "
                                                        "day (as --time-features writes it); needed by "
-                                                       "seasonal_residual and time_embedding_dim.")
+                                                       "seasonal_residual, time_embedding_dim and "
+                                                       "identity_head_dim.")
     day_of_week_channel: int | None = help_field(None, "Input feature holding the weekday / 7; without it the "
                                                        "calendar has time-of-day slots only.")
     slots_per_day: int = help_field(288, "Time-of-day slots (steps per day) of the calendar channels.")
     time_embedding_dim: int = help_field(0, "Width d of learned time-of-day and day-of-week embeddings appended to "
                                             "the spatial stream's input at every step (as STID); 0: none.")
+    identity_head_dim: int = help_field(0, "Width d of an identity head added to the spatial stream's forecast (as "
+                                           "STID): per node, an MLP over the target's whole input window, a learned "
+                                           "node embedding and the last input step's time-of-day and day-of-week "
+                                           "embeddings; 0: none.")
     seasonal_residual: bool = help_field(False, "Forecast the deviation from each node's seasonal profile "
                                                 "(STHSepNet.set_seasonal_profile); sthfast train: 'auto', on where "
                                                 "the data are seasonal (README).")
@@ -149,7 +154,7 @@ class STHSepNetConfig:
                     "end_channels", "layers", "dilation_exponential", "gate_hidden", "temporal_groups")
         for name in ints_pos:
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("lora_rank", "gcn_depth", "target_feature", "time_embedding_dim"):
+        for name in ("lora_rank", "gcn_depth", "target_feature", "time_embedding_dim", "identity_head_dim"):
             _check_int(name, getattr(self, name), minimum=0)
         if self.llm_layers is not None:
             _check_int("llm_layers", self.llm_layers, minimum=1)
@@ -198,16 +203,18 @@ class STHSepNetConfig:
                                      f"other than target_feature={self.target_feature}")
         if self.day_of_week_channel is not None and self.day_of_week_channel == self.time_of_day_channel:
             raise ValueError("time_of_day_channel and day_of_week_channel must differ")
-        if self.time_embedding_dim and not self.uses_spatial:
-            raise ValueError("time_embedding_dim feeds the spatial stream: fusion='temporal_only' has none")
-        if (self.seasonal_residual or self.time_embedding_dim) and self.time_of_day_channel is None:
-            raise ValueError("seasonal_residual and time_embedding_dim read the time of day from the input: set "
-                             "time_of_day_channel (sthfast train does, adding the calendar channels itself)")
+        for name in ("time_embedding_dim", "identity_head_dim"):
+            if getattr(self, name) and not self.uses_spatial:
+                raise ValueError(f"{name} feeds the spatial stream: fusion='temporal_only' has none")
+        if self.uses_calendar and self.time_of_day_channel is None:
+            raise ValueError("seasonal_residual, time_embedding_dim and identity_head_dim read the time of day from "
+                             "the input: set time_of_day_channel (sthfast train does, adding the calendar channels "
+                             "itself)")
 
     # -- derived sizes ----------------------------------------------------------------------------
     @property
     def uses_calendar(self) -> bool:
-        return self.seasonal_residual or self.time_embedding_dim > 0
+        return self.seasonal_residual or self.time_embedding_dim > 0 or self.identity_head_dim > 0
 
     @property
     def spatial_in_features(self) -> int:

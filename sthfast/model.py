@@ -14,6 +14,7 @@ from . import checkpoint
 from .config import STHSepNetConfig
 from .nn.calendar import CalendarSlots, SeasonalResidual, TimeEmbedding
 from .nn.fusion import FUSION_MODULES
+from .nn.identity_head import IdentityHead
 from .nn.spatial import SpatialStream
 from .nn.temporal import TemporalStream
 from .profile_stages import stage
@@ -43,6 +44,7 @@ class STHSepNet(nn.Module):
         slots = CalendarSlots(c) if c.uses_calendar else None
         self.seasonal = SeasonalResidual(c, slots) if c.seasonal_residual else None
         self.time_embedding = TimeEmbedding(c, slots) if c.time_embedding_dim else None
+        self.identity_head = IdentityHead(c, slots) if c.identity_head_dim else None
         self.slots = slots
         self.register_buffer("clamp_min", torch.full((c.num_nodes,), -torch.inf))
         self.register_buffer("clamp_max", torch.full((c.num_nodes,), torch.inf))
@@ -94,6 +96,9 @@ class STHSepNet(nn.Module):
             spatial_in = x if self.time_embedding is None else \
                 torch.cat([x, self.time_embedding(last).to(x.dtype)], dim=-1)        # [B, T, N, F + 2d]
             y_space = self.spatial(spatial_in)                                       # [B, H, N]
+            if self.identity_head is not None:
+                with stage("identity_head"):
+                    y_space = y_space + self.identity_head(x[..., c.target_feature], last).to(y_space.dtype)
         with stage("fusion"):
             if self.fusion is not None:
                 y = self.fusion(y_time, y_space)

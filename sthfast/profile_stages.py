@@ -15,7 +15,8 @@ Row = tuple[str, bool, list[tuple[float, float] | None]]
 
 STAGES = ("input_checks", "temporal_stream", "graph_construction", "node_features", "neighbour_search",
           "hyperedge_structure", "input_convolutions", "temporal_convolutions", "graph_mixprop",
-          "hypergraph_mixprop", "mixprop_projection", "residual_and_norm", "output_convolutions", "fusion")
+          "hypergraph_mixprop", "mixprop_projection", "residual_and_norm", "output_convolutions", "identity_head",
+          "fusion")
 SUBSTAGES = {"hypergraph_mixprop": ("v2e", "e2v")}
 PREFIX = "sthfast."
 

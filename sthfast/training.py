@@ -52,7 +52,7 @@ def model_config(series: SensorSeries, cal: Calendar, boundaries: tuple[int, int
     """The model config for ``series`` (protocol lengths, then the user's overrides; sizes and
     calendar channels from the data; ``seasonal_residual='auto'`` decided on its splits at
     ``boundaries``) and ``tc`` with the calendar channels that the model's ``seasonal_residual`` /
-    ``time_embedding_dim`` read added to its time features."""
+    ``time_embedding_dim`` and ``identity_head_dim`` read added to its time features."""
     given = sorted(set(overrides) & set(DATA_FIELDS))
     if given:
         raise ValueError(f"{given} are read from the data, not set by hand")
@@ -69,7 +69,8 @@ def model_config(series: SensorSeries, cal: Calendar, boundaries: tuple[int, int
                    + ", ".join(f"{name} {mae:.4g}" for name, mae in errors.items())
                    + " (on where the profile's is the lowest; --seasonal-residual / --no-seasonal-residual choose)")
     defaults = STHSepNetConfig()
-    needs_calendar = values["seasonal_residual"] or values.get("time_embedding_dim", defaults.time_embedding_dim)
+    needs_calendar = values["seasonal_residual"] or any(values.get(name, getattr(defaults, name))
+                                                        for name in ("time_embedding_dim", "identity_head_dim"))
     if needs_calendar and "time_of_day" not in names:
         names += tuple(n for n in TIME_FEATURES if n not in names)
         tc = dataclasses.replace(tc, time_features=",".join(names))

@@ -48,18 +48,22 @@ def _metrics(mae: float, val: float, horizons=("h3",)) -> dict:
 
 def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     listed = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "chickenpox/*"]).stdout.splitlines()
-    assert len(listed) == 3 + 3 + 2 + 8 + 4 + 16   # defaults, spatial / MSE / flip, Huber x 2, the rest,
-    #                                                seeds 2-3 of spatial / flip, then of the rest
-    assert all(line.startswith("sthfast train --data ") for line in listed)
+    assert len(listed) == 3 + 3 + 2 + 8 + 4 + 16 + 3   # defaults, spatial / MSE / flip, Huber x 2, the rest,
+    #                                                    seeds 2-3 of spatial / flip, then of the rest, the peer
+    assert all(line.startswith("sthfast train --data ") for line in listed[:-3])
+    assert all(line.startswith("python benchmarks/stid_peer.py --data ") for line in listed[-3:])
+    assert listed[-1].endswith("--seed 3 --out runs/accuracy/chickenpox/stid-seed3 --no-plots")
     assert "--seasonal-residual --seed 1 --out runs/accuracy/chickenpox/with_seasonal-seed1" in listed[5]
     los_loop = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "los-loop-standard/*"]).stdout.splitlines()
-    assert len(los_loop) == len(set(los_loop)) == 3 + 3 + 1 + 3 + 8 + 16   # its flip planned twice, listed once
-    assert "--hypergraph none --seed 2 " in los_loop[18] and "--gate-init 0.5 --seed 3 " in los_loop[-1]
+    assert len(los_loop) == len(set(los_loop)) == 3 + 3 + 1 + 3 + 8 + 16 + 3 + 3   # its flip planned twice, listed
+    #                                                                             once; the peer, the identity head
+    assert "--hypergraph none --seed 2 " in los_loop[18] and "--gate-init 0.5 --seed 3 " in los_loop[-7]
+    assert "--identity-head-dim 32 --seed 3 " in los_loop[-1]
     results = tmp_path / "results" / "chickenpox"
     results.mkdir(parents=True)
     for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("with_seasonal-seed1", 1.5, 0.9),
                            ("mse_loss-seed1", 0.6, 0.45), ("huber_loss-seed1", 0.6, 0.55),
-                           ("spatial_only-seed1", 0.4, 0.5)):
+                           ("spatial_only-seed1", 0.4, 0.5), ("stid-seed1", 0.55, 0.45)):
         metrics = {**_metrics(mae, val), "campaign": {"commit": "abc1234", "date": "2026-12-03", "machine": "CPU"}}
         (results / f"{name}.json").write_text(json.dumps(metrics))
     text = _run(["benchmarks/accuracy_table.py", str(tmp_path / "results")]).stdout
@@ -67,6 +71,9 @@ def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     assert "## CHICKENPOX-HU, 4 weeks -> 1" in text and "LOS-LOOP, paper protocol (48 -> 48) | not run" in text
     assert "| STH-SepNet (defaults) | 2 | 0.600 ± 0.141 | 1.200 ± 0.283 |" in text
     assert "| with the seasonal residual | 1 | 1.500 | 3.000 |" in text
-    assert ("| CHICKENPOX-HU, 4 weeks -> 1 | 2 of 2 seeds | 0.600 vs 0.400 (worse) | 0.500 vs 0.450 (mse_loss), "
+    assert "| peer: BasicTS STID (its own recipe) | 1 | 0.550 | 1.100 |" in text
+    assert "python benchmarks/stid_peer.py --data " in text         # its command, beside ours
+    assert ("| CHICKENPOX-HU, 4 weeks -> 1 | 2 of 2 seeds | 0.600 vs 0.550 (worse, within the seeds' spread) | "
+            "1.200 vs 1.100 (worse, within the seeds' spread) | 0.600 vs 0.400 (worse) | 0.500 vs 0.450 (mse_loss), "
             "0.550 (huber_loss) (worse, within the seeds' spread) | 0.500 vs 0.900 (better or equal) |") in text
     assert "| STH-SepNet (defaults) | 0.500 ± 0.141 | 2/2 | 1/1 | 2.0 | 2 of 2 |" in text

@@ -1,6 +1,7 @@
 """The calendar options: week slots decoded from the input's calendar channels, the seasonal
-residual (profile off the inputs, back onto the forecast), learned time embeddings, and how
-`sthfast train` wires them (channels, profile fitted on the training split, checkpoints)."""
+residual (profile off the inputs, back onto the forecast), learned time embeddings, the identity
+head, and how `sthfast train` wires them (channels, profile fitted on the training split,
+checkpoints)."""
 
 import numpy as np
 import pytest
@@ -91,6 +92,35 @@ def test_time_embeddings_widen_the_spatial_input_and_get_gradients(small_config)
     assert no_weekday.spatial_in_features == 3 + 4 and STHSepNet(no_weekday).time_embedding.day_of_week is None
 
 
+def test_the_identity_head_adds_its_forecast_to_the_spatial_streams(small_config):
+    """With the head's read-out zeroed the model is the one without the head (same other weights);
+    otherwise the difference is the head's forecast from the window, the node and the last slot."""
+    torch.manual_seed(0)
+    plain = STHSepNet(calendar_config(small_config, fusion="spatial_only"))
+    torch.manual_seed(0)
+    headed = STHSepNet(calendar_config(small_config, fusion="spatial_only", identity_head_dim=4))
+    plain.eval(), headed.eval()
+    headed.load_state_dict(plain.state_dict(), strict=False)
+    c = headed.config
+    x, steps = calendar_batch(c, [0, 30, 77])
+    with torch.no_grad():
+        head = headed.identity_head
+        want = head(x[..., 0], headed.slots.last(x))
+        assert want.shape == (3, c.pred_len, c.num_nodes)
+        torch.testing.assert_close(headed(x) - plain(x), want, rtol=1e-4, atol=1e-5)
+        # one node's forecast reads that node's window only
+        moved = x.clone()
+        moved[:, :, 3, 0] += 1.0
+        changed = (head(moved[..., 0], headed.slots.last(x)) - want).abs().sum((0, 1))
+        assert changed[3] > 0 and changed[torch.arange(c.num_nodes) != 3].abs().max() == 0
+    headed.train()
+    headed(x).pow(2).mean().backward()
+    for p in (head.node, head.window.weight, head.time_of_day.weight, head.day_of_week.weight, head.out.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    no_weekday = STHSepNet(calendar_config(small_config, identity_head_dim=4, day_of_week_channel=None))
+    assert no_weekday.identity_head.day_of_week is None and no_weekday.identity_head.out.in_features == 12
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(seasonal_residual=True, time_of_day_channel=None), "set time_of_day_channel"),
     (dict(time_embedding_dim=2, time_of_day_channel=None), "set time_of_day_channel"),
@@ -100,6 +130,9 @@ def test_time_embeddings_widen_the_spatial_input_and_get_gradients(small_config)
     (dict(time_embedding_dim=-1), "time_embedding_dim=-1 must be >= 0"),
     (dict(slots_per_day=0), "slots_per_day=0 must be >= 1"),
     (dict(time_embedding_dim=2, fusion="temporal_only"), "fusion='temporal_only' has none"),
+    (dict(identity_head_dim=2, time_of_day_channel=None), "set time_of_day_channel"),
+    (dict(identity_head_dim=-1), "identity_head_dim=-1 must be >= 0"),
+    (dict(identity_head_dim=2, fusion="temporal_only"), "identity_head_dim feeds the spatial stream"),
 ])
 def test_bad_calendar_configs_say_what_is_wrong(small_config, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -140,9 +173,10 @@ def test_train_adds_the_calendar_channels_and_fits_the_profile_as_the_baseline(t
                      out=str(tmp_path / "run"), plots=False, threads=1)
     summary = train(tc, backbone=tiny_backbones["bert"], layers=1, conv_channels=8, residual_channels=8,
                     skip_channels=8, end_channels=8, node_emb_dim=8, d_ff=16, fusion="spatial_only",
-                    seasonal_residual=True, time_embedding_dim=2)
+                    seasonal_residual=True, time_embedding_dim=2, identity_head_dim=2)
     model, meta = load_checkpoint(tmp_path / "run", STHSepNet)
     c = model.config
+    assert c.identity_head_dim == 2 and model.identity_head is not None
     assert meta["train_config"]["time_features"] == "time_of_day,day_of_week"
     assert (c.in_features, c.time_of_day_channel, c.day_of_week_channel, c.slots_per_day) == (3, 1, 2, 288)
     # five training days: the saved profile is the time-of-day table for every weekday, which is
