@@ -132,6 +132,15 @@ def _op_case(op: str, backend: str, n: int):
     if op == "graph_mixprop":
         graph = ops.adaptive_graph(z[:, :20], z[:, 20:], 20, 3.0, backend=backend)
         return lambda: ops.graph_mixprop(x, graph, 2, 0.05, backend=backend).sum().backward(retain_graph=True)
+    weight = torch.randn(32, 96, device="cuda", generator=generator, requires_grad=True)   # the model's 1x1 projection
+    if op == "projected_hypergraph_mixprop":
+        structure = ops.knn_hypergraph(z, 3, backend=backend)
+        return lambda: ops.projected_hypergraph_mixprop(x, structure, 2, 0.05, weight,
+                                                        backend=backend).sum().backward(retain_graph=True)
+    if op == "projected_graph_mixprop":
+        graph = ops.adaptive_graph(z[:, :20], z[:, 20:], 20, 3.0, backend=backend)
+        return lambda: ops.projected_graph_mixprop(x, graph, 2, 0.05, weight,
+                                                   backend=backend).sum().backward(retain_graph=True)
     raise ValueError(op)
 
 
@@ -139,7 +148,8 @@ def step_op_benchmarks(progress: Progress) -> None:
     import torch
 
     rows = progress.result.setdefault("rows", [])
-    cases = [(op, b) for op in ("topk_neighbors", "knn_hypergraph", "hypergraph_mixprop", "graph_mixprop")
+    cases = [(op, b) for op in ("topk_neighbors", "knn_hypergraph", "hypergraph_mixprop", "graph_mixprop",
+                                "projected_hypergraph_mixprop", "projected_graph_mixprop")
              for b in OP_BACKENDS]
     if _faiss_gpu():
         cases.append(("topk_neighbors", "faiss"))

@@ -156,12 +156,15 @@ def test_opcheck(backend, device):
 
 
 # (structure, dtype, C, C_out, N, T): the Triton tiles at the model's width (32 channels: 2 steps a
-# program), 16 channels (4 steps), 70 output channels (128 columns, 1 step); 35 rows (three row
-# blocks) and several step blocks per sample; a frozen weight (no coefficient gradient)
+# program); fewer output than input channels on both chains (forward tiles of 8 channels, 8 steps;
+# backward tiles of 16 channels, 4 steps); 70 output channels (128 columns, 1 step); 35 rows (three
+# row blocks) and several step blocks per sample; a per-sample structure over two step blocks with a
+# frozen weight (no coefficient gradient)
 TILE_CASES = {"model-width": ("hypergraph", torch.float32, 32, 32, 35, 5),
               "narrow-graph": ("graph", torch.float32, 16, 8, 35, 9),
+              "narrow-hypergraph": ("hypergraph", torch.float32, 16, 8, 35, 9),
               "wide-out": ("graph-transposed", torch.float32, 5, 70, 20, 3),
-              "frozen-weight-float64": ("per-sample", D, 4, 6, 18, 6)}
+              "frozen-weight-float64": ("per-sample", D, 4, 6, 18, 11)}
 
 
 @pytest.mark.parametrize("backend,device", fast_paths("projected_hypergraph_mixprop", exclude=("sparse", "cpp")))
@@ -229,3 +232,21 @@ def test_channels_last_inputs_give_channels_last_outputs_and_the_same_values(ste
         outs[fmt] = [y, *grads]
     for got, want in zip(outs[torch.channels_last], outs[torch.contiguous_format]):
         torch.testing.assert_close(got, want, **tolerance(D, "cpu"))
+
+
+@pytest.mark.parametrize("backend,device", fast_paths("projected_hypergraph_mixprop", exclude=("sparse", "cpp")))
+def test_triton_kernels_refuse_inputs_that_do_not_fit(backend, device):
+    from sthfast.backends.triton import projected_mixprop as triton_projected
+
+    s = _on(ops.knn_hypergraph(points(7, 3, torch.float32, seed=12), 3, backend="sparse"), device)
+    index = [t.long().contiguous() for t in (s.row_ptr, s.col, s.col_ptr, s.t_col, s.from_t)]
+    vals = torch.stack(hypergraph_values(s, 0.1))
+    x = features(2, 3, 7, 4, torch.float32, seed=13).to(device)
+    k = _normal(3, 2, 3, dtype=torch.float32, seed=14).to(device)
+    hops = ([0, 1], [0, 1], -1)
+    with pytest.raises(RuntimeError, match=r"x must be \[B, C, N, T\], got \[3, 7, 4\]"):
+        triton_projected.forward(*index, vals, x[0], k, *hops)
+    with pytest.raises(RuntimeError, match=r"coeffs must be \[depth \+ 1, C_out, 3\], got \[3, 2, 2\]"):
+        triton_projected.forward(*index, vals, x, k[:, :, :2], *hops)
+    with pytest.raises(RuntimeError, match=r"grad must be \[B, C_out, N, T\] = \[2, 2, 7, 4\], got \[2, 3, 7, 4\]"):
+        triton_projected.backward(x, x, *index, vals, k, *hops, True, True)

@@ -16,7 +16,11 @@ two-hop step's middle (hyperedge) rows go to a scratch ``mid``, and a barrier se
 The backward runs the gradient chain ``g_0 = dL/dout``, ``g_{j+1} = P^T g_j``: ``dL/dx = sum_j K_j^T
 g_j``, ``dL/dK_j = sum_{n, t} g_j x^T`` (per program, added atomically), and, when the hop values
 need gradients, the products of ``g_j`` with the steps ``y_{j+1}``, recomputed first by Horner's
-rule into a scratch of ``D`` steps (the backward's only buffer of that size).
+rule into a scratch of ``D`` steps. That backward scratch (``D + 4`` buffers of ``C_out``
+channels and x's gradient, in float32) is transient: what the op saves for the backward is x
+alone, where the unfused MixProp saves its ``(D + 1) C`` expansion. Inputs in channels-last
+format are made contiguous first and the outputs converted back (copies the C++ kernels avoid).
+Gradients summed with atomic adds vary in their last bits from run to run.
 """
 
 from __future__ import annotations
@@ -266,28 +270,31 @@ def _work(tensor: Tensor, acc) -> Tensor:
     return tensor.to(torch.float64 if acc == tl.float64 else torch.float32).contiguous()
 
 
-def _checked_coeffs(coeffs: Tensor, channels: int) -> tuple[int, int]:
-    """``(depth, C_out)`` of ``coeffs [D + 1, C_out, C]``, checked against x's ``channels``."""
-    if coeffs.dim() != 3 or coeffs.shape[0] < 1 or coeffs.shape[2] != channels:
-        raise RuntimeError(f"projected_mixprop: coeffs must be [depth + 1, C_out, {channels}], "
-                           f"got {list(coeffs.shape)}")
-    return coeffs.shape[0] - 1, coeffs.shape[1]
+def _sizes(x: Tensor, coeffs: Tensor) -> tuple[int, int, int, int, int, int]:
+    """``(B, C, N, T, depth, C_out)`` of ``x [B, C, N, T]`` and ``coeffs [D + 1, C_out, C]``, checked."""
+    if x.dim() != 4:
+        raise RuntimeError(f"projected_mixprop: x must be [B, C, N, T], got {list(x.shape)}")
+    b, c, n, t = x.shape
+    if coeffs.dim() != 3 or coeffs.shape[0] < 1 or coeffs.shape[2] != c:
+        raise RuntimeError(f"projected_mixprop: coeffs must be [depth + 1, C_out, {c}], got {list(coeffs.shape)}")
+    return b, c, n, t, coeffs.shape[0] - 1, coeffs.shape[1]
 
 
 def forward(row_ptr: Tensor, col: Tensor, col_ptr: Tensor, t_col: Tensor, from_t: Tensor, vals: Tensor, x: Tensor,
             coeffs: Tensor, hop_transpose: list[int], hop_value: list[int], blocks: int) -> Tensor:
     """``sthfast::projected_mixprop_forward_triton``: ``x [B, C, N, T] -> [B, C_out, N, T]``."""
     fmt = projected_mixprop.output_format(x)
+    b, c, n, t, depth, o = _sizes(x, coeffs)
     x = x.contiguous()
-    b, c, n, t = x.shape
-    depth, o = _checked_coeffs(coeffs, c)
     acc = accumulator(x.dtype)
     work_vals, work_k = _work(vals, acc), _work(coeffs, acc)
     plan = _plan(row_ptr, col, col_ptr, t_col, from_t, work_vals, (b, c, n, t), hop_transpose, hop_value, blocks)
-    out = x.new_zeros(b, o, n, t)                        # zeros: C = 0 leaves it so
-    if out.numel() == 0 or c == 0:
+    if c == 0:                                           # K x = 0
+        return x.new_zeros(b, o, n, t).contiguous(memory_format=fmt)
+    out = x.new_empty(b, o, n, t)
+    if out.numel() == 0:
         return out.contiguous(memory_format=fmt)
-    ys = work_vals.new_empty((2, b, o, n, t) if depth else (1,))
+    ys = work_vals.new_empty((min(depth, 2), b, o, n, t) if depth else (1,))      # depth 1: slot 0 only
     mid = work_vals.new_empty((b, o, plan.a_rows, t) if plan.two_hops and depth else (1,))
     steps, block_f = _tile(o)
     with on_device(x):
@@ -305,9 +312,10 @@ def backward(grad: Tensor, x: Tensor, row_ptr: Tensor, col: Tensor, col_ptr: Ten
     """``sthfast::projected_mixprop_backward_triton``: the gradients of ``vals``, ``x`` and
     ``coeffs`` from the output's gradient ``grad [B, C_out, N, T]``."""
     fmt = projected_mixprop.output_format(x)
+    b, c, n, t, depth, o = _sizes(x, coeffs)
+    if tuple(grad.shape) != (b, o, n, t):
+        raise RuntimeError(f"projected_mixprop: grad must be [B, C_out, N, T] = {[b, o, n, t]}, got {list(grad.shape)}")
     x, grad = x.contiguous(), grad.contiguous()
-    b, c, n, t = x.shape
-    depth, o = _checked_coeffs(coeffs, c)
     acc = accumulator(x.dtype)
     work_vals, work_k = _work(vals, acc), _work(coeffs, acc)
     plan = _plan(row_ptr, col, col_ptr, t_col, from_t, work_vals, (b, c, n, t), hop_transpose, hop_value, blocks)
