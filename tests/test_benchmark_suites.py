@@ -77,3 +77,35 @@ def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
             "1.200 vs 1.100 (worse, within the seeds' spread) | 0.600 vs 0.400 (worse) | 0.500 vs 0.450 (mse_loss), "
             "0.550 (huber_loss) (worse, within the seeds' spread) | 0.500 vs 0.900 (better or equal) |") in text
     assert "| STH-SepNet (defaults) | 0.500 ± 0.141 | 2/2 | 1/1 | 2.0 | 2 of 2 |" in text
+
+
+def test_the_peer_trains_on_our_windows_and_writes_a_campaign_result(tmp_path):
+    """benchmarks/stid_peer.py on a small series, with sthfast train's flags: a metrics.json that the
+    campaign's table reads (test metrics beside the baselines, the history, the best epoch)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peers
+
+    if not peers.have_basicts():
+        pytest.skip(f"needs BasicTS: {peers.INSTALL}")
+    steps = _periodic_series(tmp_path / "small.npz")
+    done = _run(["benchmarks/stid_peer.py", "--data", str(steps), "--protocol", "standard", "--no-zeros-missing",
+                 "--steps-per-day", "24", "--epochs", "2", "--seed", "1", "--out", str(tmp_path / "run")])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert done.stdout.splitlines()[-1].startswith("STID test MAE ")
+    assert (metrics["seq_len"], metrics["pred_len"], metrics["num_nodes"]) == (12, 12, 4)
+    assert set(metrics["test"]) >= {"model", "last_value", "seasonal_average", "linear", "model_beats"}
+    history = metrics["history"]
+    assert len(history) == metrics["epochs_run"] > 2                   # its own recipe, not --epochs 2
+    best = min(range(len(history)), key=lambda i: history[i]["val_mae"]) + 1
+    assert metrics["best_epoch"] == best and metrics["epochs_run"] <= best + 10
+
+
+def _periodic_series(path: Path) -> Path:
+    """A daily-periodic series of 4 nodes over 30 days of hourly steps, with noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    t = np.arange(24 * 30)
+    data = 10 + 5 * np.sin(2 * np.pi * t / 24)[:, None] * rng.uniform(0.5, 1.5, 4) + rng.normal(0, 1, (t.size, 4))
+    np.savez(path, data=data.astype(np.float32))
+    return path
