@@ -86,6 +86,7 @@ VARIANTS = {
     "temporal_groups": ("LLM over 4 regional series", ("--temporal-groups", "4")),
     "gate_half": ("gate starting at 0.5 (the paper's)", ("--gate-init", "0.5")),
     "identity_head": ("+ identity head (d = 32, as STID)", ("--identity-head-dim", "32")),
+    "original_units": ("loss in the data's units", ("--loss-units", "original")),
     "stid": ("peer: BasicTS STID (its own recipe)", ()),           # benchmarks/stid_peer.py, not sthfast train
 }
 PEERS = {"stid": "benchmarks/stid_peer.py"}       # variant -> the script that trains it on the same flags
@@ -125,6 +126,7 @@ PLAN: tuple[tuple[str, str, tuple[int, ...]], ...] = (
       for name in (*CHEAP, "los-loop-standard")),
     *((d.name, "stid", SEEDS) for d in DATASETS),     # the peer, on every dataset (issue 31)
     *((name, "identity_head", SEEDS) for name in TWELVE_STEPS),   # STID's lesson where STID wins
+    *((name, "original_units", SEEDS) for name in TWELVE_STEPS),  # the loss weighed as the metrics are
 )
 
 

@@ -74,6 +74,18 @@ class ForecastMetrics:
         return [float(a / c) if c else math.nan for a, c in zip(self.abs, self.count)]
 
 
+def loss_weights(std: torch.Tensor, units: str) -> torch.Tensor:
+    """Per-node weights ``[N]`` of the training loss's errors in scaled units: 1 for ``'scaled'``
+    (every node weighs the same), ``std_n / mean(std)`` for ``'original'`` (each error in the data's
+    units, as the metrics weigh it, over the nodes' mean standard deviation so that the loss keeps
+    the scale that the learning rate and the Huber delta were chosen for)."""
+    if units == "original":
+        return std / std.mean()
+    if units == "scaled":
+        return torch.ones_like(std)
+    raise ValueError(f"units={units!r} is not 'scaled' or 'original'")
+
+
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, kind: str = "mse",
                 delta: float = 1.0, denominator: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared (``kind='mse'``), absolute (``'mae'``) or Huber (``'huber'``: squared / 2 below

@@ -16,6 +16,7 @@ from .data.formats import EMBEDDED, SensorSeries, load_series
 # process-group backends under torchrun (sthfast.distributed)
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 # training losses ('auto': sthfast.auto_rules.chosen_loss)
+LOSS_UNITS = ("scaled", "original")
 LOSSES = ("auto", "mae", "mse", "huber")
 
 PROTOCOLS = {
@@ -80,7 +81,12 @@ class TrainConfig:
                                    "varying nodes read 0 in more than half of their valid readings, else MAE "
                                    "(README).", choices=LOSSES)
     huber_delta: float = help_field(1.0, "Where the Huber loss turns from squared to absolute, in scaled units "
-                                         "(standard deviations of the training split).")
+                                         "(standard deviations of the training split; under --loss-units original, "
+                                         "the nodes' mean standard deviation).")
+    loss_units: str = help_field("scaled", "Units of the training loss's errors: 'scaled' (each node's error in its "
+                                           "own standard deviations, so every node weighs the same) or 'original' "
+                                           "(the data's units, as the metrics and BasicTS's loss weigh them, divided "
+                                           "by the nodes' mean standard deviation).", choices=LOSS_UNITS)
     lr: float = help_field(1e-3, "Adam learning rate (the authors use 3e-4 with 30 epochs on a GPU).")
     weight_decay: float = help_field(0.0, "Adam weight decay.")
     milestones: str = help_field("5,20,40,70", "Epochs at which the learning rate is multiplied by lr_gamma (the "

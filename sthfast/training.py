@@ -29,7 +29,7 @@ from .data.calendar import TIME_FEATURES, Calendar, calendar
 from .data.windows import split_boundaries
 from .distributed import resolve_device
 from .evaluation import evaluate_windows, report, with_seasonal_gaps
-from .metrics import masked_loss, valid_mask
+from .metrics import loss_weights, masked_loss, valid_mask
 from .model import STHSepNet
 from .nn.backbone import EMBEDDED as EMBEDDED_BACKBONE
 from .nn.backbone import backbone_fingerprint
@@ -262,6 +262,7 @@ def train_epoch(run: TrainingRun, forward, epoch: int) -> dict[str, Any]:
     padding windows have their targets masked). The loss and samples/s are the global batch's."""
     tc, data, device, ranks = run.tc, run.data, run.device, run.ranks
     mean, std = (t.to(device) for t in data.target_scale())
+    weight = loss_weights(std, tc.loss_units)                  # [N]
     params = [p for p in run.model.parameters() if p.requires_grad]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.bf16)
     run.model.train()
@@ -278,7 +279,7 @@ def train_epoch(run: TrainingRun, forward, epoch: int) -> dict[str, Any]:
         with autocast:
             pred = forward(x)
         valid = valid_mask(y, tc.missing_zeros())
-        loss = masked_loss(pred.float(), (y - mean) / std, valid, tc.loss, tc.huber_delta,
+        loss = masked_loss(pred.float() * weight, (y - mean) / std * weight, valid, tc.loss, tc.huber_delta,
                            ranks.loss_denominator(valid))
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -340,7 +341,8 @@ def final_test(run: TrainingRun) -> dict[str, Any]:
     result = report(test["metrics"], PROTOCOLS[tc.protocol]["horizons"])
     summary = {"protocol": tc.protocol, "data": data.series.source, "num_nodes": config.num_nodes,
                "seq_len": config.seq_len, "pred_len": config.pred_len, "zeros_missing": tc.missing_zeros(),
-               "bf16": run.bf16, "loss": tc.loss, "world_size": run.ranks.world_size,
+               "bf16": run.bf16, "loss": tc.loss, "loss_units": tc.loss_units,
+               "world_size": run.ranks.world_size,
                "best_epoch": _best_epoch(run.progress), "epochs_run": run.progress["epoch"],
                "test": result, "history": run.progress["history"], "parameters": model.parameter_counts()}
     ckpt.atomic_write_text(run.out / "metrics.json", json.dumps(summary, indent=2) + "\n")

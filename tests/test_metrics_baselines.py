@@ -9,7 +9,7 @@ import torch
 from sthfast.baselines import LastValue, LinearBaseline, SeasonalAverage
 from sthfast.data import SensorSeries, prepare
 from sthfast.data.calendar import calendar
-from sthfast.metrics import ForecastMetrics
+from sthfast.metrics import ForecastMetrics, loss_weights, masked_loss
 
 
 def test_metrics_by_hand_with_missing_and_zero_masks():
@@ -134,3 +134,24 @@ def test_report_margins_and_where_a_baseline_wins():
     worse = report({"model": metrics([3.0, 3.0, 3.0]), "close": metrics([2.0, 1.0, 4.0])}, horizons=())
     assert "WARNING: the model does NOT beat ['close']" in format_table(worse)
     assert "close is better at: MAE all steps" in format_table(worse)
+
+
+def test_the_loss_in_original_units_is_the_metric_mae_over_the_mean_std():
+    """Weighted by ``loss_weights(std, 'original')``, the masked MAE of scaled errors is the MAE in
+    the data's units (what the metrics report) over the nodes' mean std; 'scaled' weighs every node
+    the same."""
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor([10.0, 0.0, 3.0]), torch.tensor([5.0, 0.5, 1.5])
+    truth = torch.randn(4, 2, 3, generator=g) * std + mean
+    truth[0, 0, 1] = math.nan                                   # a missing target counts nowhere
+    forecast = truth + torch.randn(4, 2, 3, generator=g)
+    valid = ~torch.isnan(truth)
+    scaled = lambda v: (v - mean) / std
+    w = loss_weights(std, "original")
+    loss = masked_loss(scaled(forecast) * w, scaled(truth) * w, valid, "mae")
+    original_mae = (forecast - truth)[valid].abs().mean()
+    torch.testing.assert_close(loss, original_mae / std.mean())
+    same = masked_loss(scaled(forecast) * loss_weights(std, "scaled"), scaled(truth), valid, "mae")
+    torch.testing.assert_close(same, ((scaled(forecast) - scaled(truth))[valid]).abs().mean())
+    with pytest.raises(ValueError, match="'scaled' or 'original'"):
+        loss_weights(std, "metres")
