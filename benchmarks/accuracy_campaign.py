@@ -87,6 +87,7 @@ VARIANTS = {
     "gate_half": ("gate starting at 0.5 (the paper's)", ("--gate-init", "0.5")),
     "identity_head": ("+ identity head (d = 32, as STID)", ("--identity-head-dim", "32")),
     "original_units": ("loss in the data's units", ("--loss-units", "original")),
+    "converged": ("defaults, up to 30 epochs (patience 5)", ("--epochs", "30", "--patience", "5")),
     "stid": ("peer: BasicTS STID (its own recipe)", ()),           # benchmarks/stid_peer.py, not sthfast train
 }
 PEERS = {"stid": "benchmarks/stid_peer.py"}       # variant -> the script that trains it on the same flags
@@ -127,6 +128,7 @@ PLAN: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     *((d.name, "stid", SEEDS) for d in DATASETS),     # the peer, on every dataset (issue 31)
     *((name, "identity_head", SEEDS) for name in TWELVE_STEPS),   # STID's lesson where STID wins
     *((name, "original_units", SEEDS) for name in TWELVE_STEPS),  # the loss weighed as the metrics are
+    *((name, "converged", SEEDS) for name in ("los-loop-standard", "nycbike-out-12")),   # trained as STID is
 )
 
 

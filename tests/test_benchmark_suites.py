@@ -55,10 +55,11 @@ def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     assert listed[-1].endswith("--seed 3 --out runs/accuracy/chickenpox/stid-seed3 --no-plots")
     assert "--seasonal-residual --seed 1 --out runs/accuracy/chickenpox/with_seasonal-seed1" in listed[5]
     los_loop = _run(["benchmarks/accuracy_campaign.py", "--list", "--only", "los-loop-standard/*"]).stdout.splitlines()
-    assert len(los_loop) == len(set(los_loop)) == 3 + 3 + 1 + 3 + 8 + 16 + 3 + 3 + 3   # its flip planned twice,
-    #                                             listed once; the peer, the identity head, the loss in data units
-    assert "--hypergraph none --seed 2 " in los_loop[18] and "--gate-init 0.5 --seed 3 " in los_loop[-10]
-    assert "--identity-head-dim 32 --seed 3 " in los_loop[-4] and "--loss-units original --seed 3 " in los_loop[-1]
+    assert len(los_loop) == len(set(los_loop)) == 3 + 3 + 1 + 3 + 8 + 16 + 3 + 3 + 3 + 3   # its flip planned
+    #                        twice, listed once; the peer, the identity head, the loss in data units, 30 epochs
+    assert "--hypergraph none --seed 2 " in los_loop[18] and "--gate-init 0.5 --seed 3 " in los_loop[-13]
+    assert "--identity-head-dim 32 --seed 3 " in los_loop[-7] and "--loss-units original --seed 3 " in los_loop[-4]
+    assert "--epochs 5 --patience 3 --epochs 30 --patience 5 --seed 3 " in los_loop[-1]     # the last flag wins
     results = tmp_path / "results" / "chickenpox"
     results.mkdir(parents=True)
     for name, mae, val in (("full-seed1", 0.5, 0.4), ("full-seed2", 0.7, 0.6), ("with_seasonal-seed1", 1.5, 0.9),
