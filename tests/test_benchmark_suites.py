@@ -74,6 +74,8 @@ def test_accuracy_campaign_lists_its_runs_and_the_table_renders_them(tmp_path):
     assert "| with the seasonal residual | 1 | 1.500 | 3.000 |" in text
     assert "| peer: BasicTS STID (its own recipe) | 1 | 0.550 | 1.100 |" in text
     assert "python benchmarks/stid_peer.py --data " in text         # its command, beside ours
+    assert ("| CHICKENPOX-HU, 4 weeks -> 1 | 0.550 / 1.100 (best epochs 1) | 0.600 / 1.200 (best epochs 1/1) | - | - "
+            "| - | 0.600 (STH-SepNet (defaults)) > 0.550: -9.1 % |") in text      # the peer table
     assert ("| CHICKENPOX-HU, 4 weeks -> 1 | 2 of 2 seeds | 0.600 vs 0.550 (worse, within the seeds' spread) | "
             "1.200 vs 1.100 (worse, within the seeds' spread) | 0.600 vs 0.400 (worse) | 0.500 vs 0.450 (mse_loss), "
             "0.550 (huber_loss) (worse, within the seeds' spread) | 0.500 vs 0.900 (better or equal) |") in text
